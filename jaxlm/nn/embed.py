@@ -1,0 +1,60 @@
+"""Token embeddings, with a tied (``x @ E^T``) or untied output projection."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlm.params import Param, normal, zeros
+
+
+def spec(cfg) -> dict:
+    """``{"tokens": [V, D]}``."""
+    std = cfg.init_std if getattr(cfg, "init", "normal") == "normal" else cfg.d_model**-0.5
+    return {"tokens": Param((cfg.vocab_size, cfg.d_model), ("vocab", "embed"), normal(std), jnp.dtype(cfg.param_dtype))}
+
+
+def unembed_spec(cfg, bias: bool = False) -> dict:
+    """Untied output projection ``{"w": [D, V]}`` (+ ``{"b": [V]}``)."""
+    dt = jnp.dtype(cfg.param_dtype)
+    p = {"w": Param((cfg.d_model, cfg.vocab_size), ("embed", "vocab"), normal(cfg.init_std), dt)}
+    if bias:
+        p["b"] = Param((cfg.vocab_size,), ("vocab",), zeros, dt)
+    return p
+
+
+def check_tokens(tokens, vocab_size: int, what: str = "token ids") -> None:
+    """Raise a ValueError when concrete ``tokens`` fall outside ``[0, vocab_size)``; tracers pass through
+    (values are unknown under jit: entry points that take user data call this before jitting)."""
+    if isinstance(tokens, jax.core.Tracer):
+        return
+    arr = np.asarray(tokens)
+    if arr.size == 0:
+        raise ValueError(f"{what} are empty: give at least one token.")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{what} must be integers, got dtype {arr.dtype}.")
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi >= vocab_size:
+        bad = hi if hi >= vocab_size else lo
+        raise ValueError(
+            f"{what} contain {bad}, outside [0, {vocab_size}): the tokenizer and the model's vocab_size "
+            f"disagree (use a tokenizer with at most {vocab_size} tokens or raise model.vocab_size)."
+        )
+
+
+def apply(p: dict, tokens: jax.Array, dtype=jnp.float32, scale: float | None = None) -> jax.Array:
+    """Look up ``tokens`` [B, T] -> [B, T, D], optionally multiplied by ``scale`` (the paper's sqrt(d))."""
+    x = jnp.take(p["tokens"], tokens, axis=0).astype(dtype)
+    return x * scale if scale is not None else x
+
+
+def attend(p: dict, x: jax.Array) -> jax.Array:
+    """Tied output logits: ``x`` [B, T, D] @ tokens^T -> [B, T, V]."""
+    return jnp.einsum("BTD,VD->BTV", x, p["tokens"].astype(x.dtype))
+
+
+def unembed(p: dict, x: jax.Array) -> jax.Array:
+    """Untied output logits: ``x`` [B, T, D] @ w -> [B, T, V]."""
+    y = jnp.einsum("BTD,DV->BTV", x, p["w"].astype(x.dtype))
+    return y + p["b"].astype(x.dtype) if "b" in p else y

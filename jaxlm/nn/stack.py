@@ -1,0 +1,63 @@
+"""A stack of identical layers stored with a leading ``layers`` axis, run by ``lax.scan`` (default) or by a
+plain Python loop over the same tree (for notebooks and debugging; tested equal)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from jaxlm.params import is_param
+
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,  # no rematerialisation: save every residual
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole layer in the backward pass
+    "dots": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs, recompute the rest
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # keep weight matmuls only
+}
+
+
+def spec(block_spec: dict, n: int) -> dict:
+    """Every parameter of ``block_spec`` stacked ``n`` times along a new leading ``"layers"`` axis."""
+    return jax.tree.map(lambda p: p.stacked(n), block_spec, is_leaf=is_param)
+
+
+def layer(params: dict, i: int) -> dict:
+    """The parameters of layer ``i`` of a stacked tree."""
+    return jax.tree.map(lambda a: a[i], params)
+
+
+def apply(
+    block_fn: Callable,
+    params: dict,
+    x: jax.Array,
+    xs: Any = None,
+    *,
+    scan: bool = True,
+    remat: str = "none",
+) -> tuple[jax.Array, Any]:
+    """Run ``block_fn(layer_params, x, layer_xs) -> (x, layer_ys)`` over the stacked layers.
+
+    ``xs`` is a pytree with a leading layers axis (per-layer caches, dropout keys) or None. Returns
+    (x, ys) with ys stacked along a leading layers axis. ``remat`` picks a policy from
+    :data:`REMAT_POLICIES`.
+    """
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {remat!r}; choose one of {list(REMAT_POLICIES)}.")
+    fn = block_fn
+    if remat != "none":
+        fn = jax.checkpoint(block_fn, policy=REMAT_POLICIES[remat], prevent_cse=not scan)
+    if scan:
+        def body(carry, inp):
+            p, layer_xs = inp
+            return fn(p, carry, layer_xs)
+
+        return jax.lax.scan(body, x, (params, xs))
+    n = jax.tree.leaves(params)[0].shape[0]
+    ys = []
+    for i in range(n):
+        x, y = fn(layer(params, i), x, None if xs is None else layer(xs, i))
+        ys.append(y)
+    stacked = jax.tree.map(lambda *a: jax.numpy.stack(a), *ys) if ys and jax.tree.leaves(ys[0]) else ys[0]
+    return x, stacked
