@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxlm.params import Param, flatten, is_param, unflatten
+from jaxlm.params import flatten, unflatten
 
 log = logging.getLogger(__name__)
 
@@ -45,39 +45,80 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 def make_mesh(
     data: int = 1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None
 ) -> Mesh:
-    """A ``(data, fsdp, tensor)`` mesh with Auto axis types. One of the sizes may be -1 (fill the rest)."""
-    devices = list(jax.devices() if devices is None else devices)
+    """A ``(data, fsdp, tensor)`` mesh over ``devices`` (default: all devices of all processes) with Auto
+    axis types. One of the sizes may be -1: it takes whatever the others leave.
+
+    Without ``devices`` the device order comes from :func:`jax.make_mesh`, which knows TPU/GPU topologies
+    (neighbouring chips share the innermost axis, ``tensor``, where communication is heaviest).
+    """
+    all_devices = list(jax.devices() if devices is None else devices)
+    n = len(all_devices)
     sizes = [data, fsdp, tensor]
+    shown = f"mesh.data={data}, mesh.fsdp={fsdp}, mesh.tensor={tensor}"
+    if any(not isinstance(s, int | np.integer) or isinstance(s, bool) for s in sizes):
+        raise ValueError(f"{shown}: mesh sizes must be integers.")
     if sizes.count(-1) > 1:
-        raise ValueError(f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}): at most one size may be -1.")
+        raise ValueError(f"{shown}: at most one mesh size may be -1 (fill the rest).")
+    if any(s < 1 and s != -1 for s in sizes):
+        raise ValueError(f"{shown}: mesh sizes must be >= 1 (or one of them -1).")
     if -1 in sizes:
         known = math.prod(s for s in sizes if s != -1)
-        if len(devices) % known:
+        if n % known:
             raise ValueError(
-                f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}) cannot fill {len(devices)} devices: "
-                f"{len(devices)} is not divisible by {known}."
+                f"{shown} cannot fill the {n} available devices: {n} is not divisible by {known}. "
+                f"Make the fixed sizes multiply to a divisor of {n}."
             )
-        sizes[sizes.index(-1)] = len(devices) // known
-    if any(s < 1 for s in sizes):
-        raise ValueError(f"mesh sizes must be >= 1 (or one -1), got data={data}, fsdp={fsdp}, tensor={tensor}.")
-    if math.prod(sizes) != len(devices):
+        sizes[sizes.index(-1)] = n // known
+    if math.prod(sizes) != n:
+        other = sizes[1] * sizes[2]
+        hint = f"mesh.data={n // other}" if n % other == 0 else "mesh.data=-1 with sizes that divide it"
         raise ValueError(
             f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = {math.prod(sizes)} devices, but "
-            f"{len(devices)} are available: make the product equal {len(devices)} (or set one size to -1)."
+            f"{n} devices are available: choose sizes whose product is {n} (e.g. {hint}, or set one size "
+            f"to -1 to fill the rest)."
         )
-    arr = np.asarray(devices).reshape(sizes)
-    return Mesh(arr, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    if devices is None:
+        return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=axis_types)
+    return Mesh(np.asarray(all_devices).reshape(sizes), MESH_AXES, axis_types=axis_types)
+
+
+def mesh_shape(mesh: Mesh | None) -> dict[str, int]:
+    """``{"data": d, "fsdp": f, "tensor": t}`` (all 1 without a mesh)."""
+    return {a: (1 if mesh is None else int(mesh.shape[a])) for a in MESH_AXES}
 
 
 def _rules_dict(rules) -> dict:
     return dict(RULES if rules is None else rules)
 
 
+_LOGGED: set[str] = set()
+
+
+def _log_once(msg: str) -> None:
+    # constrain() runs at every trace; say each fallback once per process, not once per trace.
+    if msg not in _LOGGED:
+        _LOGGED.add(msg)
+        log.warning(msg)
+
+
 def logical_to_pspec(
-    axes: Sequence[str | None], mesh: Mesh | None = None, rules=None, shape: Sequence[int] | None = None
+    axes: Sequence[str | None],
+    mesh: Mesh | None = None,
+    rules=None,
+    shape: Sequence[int] | None = None,
+    *,
+    what: str = "",
 ) -> PartitionSpec:
-    """PartitionSpec for a tensor with logical ``axes``. With ``mesh`` and ``shape``, a dimension that does
-    not divide its mesh axes stays replicated (logged), and a mesh axis is used at most once."""
+    """PartitionSpec for a tensor whose dimensions carry the logical ``axes``.
+
+    Each logical name maps to mesh axes by ``rules`` (default :data:`RULES`). A mesh axis is used at most
+    once per tensor (the first dimension that asks gets it), and mesh axes of size 1 are dropped. With
+    ``mesh`` and ``shape``, a dimension that does not divide the product of its mesh axes keeps the longest
+    leading run of them it does divide (often none: replicated), and a warning names it once.
+    """
+    if shape is not None and len(shape) != len(axes):
+        raise ValueError(f"{what or 'tensor'}: {len(axes)} logical axes {tuple(axes)} for shape {tuple(shape)}.")
     table = _rules_dict(rules)
     used: set[str] = set()
     out = []
@@ -93,41 +134,75 @@ def logical_to_pspec(
         if shape is not None and mesh is not None and targets:
             size = math.prod(mesh.shape[t] for t in targets)
             if shape[i] % size:
-                log.info("axis %r (dim %d = %d) does not divide mesh %s = %d: replicated",
-                         name, i, shape[i], targets, size)
-                targets = ()
+                keep = targets
+                while keep and shape[i] % math.prod(mesh.shape[t] for t in keep):
+                    keep = keep[:-1]
+                sizes = " x ".join(f"{t}={mesh.shape[t]}" for t in targets)
+                fate = f"sharded over {keep} only" if keep else "replicated"
+                _log_once(
+                    f"{what + ': ' if what else ''}logical axis {name!r} (dim {i}, size {shape[i]}) does not "
+                    f"divide mesh {sizes}: {fate}"
+                )
+                targets = keep
         used.update(targets)
         out.append(None if not targets else targets[0] if len(targets) == 1 else targets)
     return PartitionSpec(*out)
 
 
 def param_pspecs(spec: Mapping, mesh: Mesh | None = None, rules=None) -> dict:
-    """Tree of PartitionSpecs for a spec."""
-    return jax.tree.map(lambda p: logical_to_pspec(p.axes, mesh, rules, p.shape), spec, is_leaf=is_param)
+    """Tree of PartitionSpecs for a spec (same structure as the spec)."""
+    flat = {k: logical_to_pspec(p.axes, mesh, rules, p.shape, what=k) for k, p in flatten(spec).items()}
+    return unflatten(flat)
 
 
 def param_shardings(spec: Mapping, mesh: Mesh, rules=None) -> dict:
-    """Tree of NamedShardings for a spec on ``mesh``."""
-    return jax.tree.map(
-        lambda p: NamedSharding(mesh, logical_to_pspec(p.axes, mesh, rules, p.shape)), spec, is_leaf=is_param
-    )
+    """Tree of NamedShardings for a spec on ``mesh`` (same structure as the spec)."""
+    return jax.tree.map(lambda ps: NamedSharding(mesh, ps), param_pspecs(spec, mesh, rules),
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """The sharding of a value every device holds whole (step counters, RNG keys, metrics)."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Sharding of a batch array ``[batch, ...]``: the batch dimension over ``("data", "fsdp")``, the rest
+    replicated. Callers check divisibility first (:func:`jaxlm.parallel.validate`): a batch that does not
+    divide is an error, never a silent fallback."""
+    ps = logical_to_pspec(("batch",) + (None,) * (ndim - 1), mesh)
+    return NamedSharding(mesh, ps)
 
 
 def sharding_report(spec: Mapping, mesh: Mesh, rules=None) -> str:
-    """One line per parameter with its PartitionSpec and the share of bytes that are replicated."""
+    """A table of every parameter with its shape, PartitionSpec and bytes per device, then the share of
+    parameter bytes that are replicated (a WARNING line when that is most of them on a mesh of >= 8)."""
     flat = flatten(spec)
-    lines, replicated, total = [], 0, 0
+    rows, replicated_bytes, total, per_device = [], 0, 0, 0
     for path, p in flat.items():
-        ps = logical_to_pspec(p.axes, mesh, rules, p.shape)
+        ps = logical_to_pspec(p.axes, mesh, rules, p.shape, what=path)
         nbytes = p.size * np.dtype(p.dtype).itemsize
+        shards = math.prod(
+            math.prod(mesh.shape[a] for a in ((s,) if isinstance(s, str) else s)) for s in ps if s is not None
+        )
         total += nbytes
-        if all(s is None for s in ps):
-            replicated += nbytes
-        lines.append(f"{path:<40} {str(p.shape):<22} {str(tuple(ps))}")
-    frac = replicated / max(total, 1)
-    lines.append(f"replicated: {frac:.1%} of {total / 2**20:.1f} MiB of parameters")
+        per_device += nbytes // shards
+        if shards == 1:
+            replicated_bytes += nbytes
+        rows.append((path, str(p.shape), str(tuple(ps)), f"{nbytes / shards / 2**10:,.1f} KiB"))
+    w = [max([len(r[i]) for r in rows] + [0]) for i in range(4)]
+    lines = [f"mesh {dict(mesh.shape)} ({mesh.size} devices)"]
+    lines += [f"{a:<{w[0]}}  {b:<{w[1]}}  {c:<{w[2]}}  {d:>{w[3]}}" for a, b, c, d in rows]
+    frac = replicated_bytes / max(total, 1)
+    lines.append(
+        f"parameters: {total / 2**20:.2f} MiB in all, {per_device / 2**20:.2f} MiB per device; "
+        f"replicated: {frac:.1%} of bytes"
+    )
     if mesh.size >= 8 and frac > 0.5:
-        lines.append(f"WARNING: most parameter bytes ({frac:.0%}) are replicated on a {mesh.size}-device mesh")
+        lines.append(
+            f"WARNING: most parameter bytes ({frac:.0%}) are replicated on a {mesh.size}-device mesh: raise "
+            f"mesh.fsdp or mesh.tensor so the rules can shard them"
+        )
     return "\n".join(lines)
 
 
@@ -163,6 +238,6 @@ def current_mesh() -> Mesh | None:
 
 
 __all__ = [
-    "MESH_AXES", "RULES", "make_mesh", "logical_to_pspec", "param_pspecs", "param_shardings",
-    "sharding_report", "use_mesh", "constrain", "current_mesh", "Param", "unflatten",
+    "MESH_AXES", "RULES", "make_mesh", "mesh_shape", "logical_to_pspec", "param_pspecs", "param_shardings",
+    "replicated", "batch_sharding", "sharding_report", "use_mesh", "constrain", "current_mesh",
 ]

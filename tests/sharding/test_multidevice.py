@@ -1,0 +1,120 @@
+"""Sharded training on 8 CPU devices equals one device; checkpoints move between meshes; 2 processes.
+
+Each multi-device test drives a worker script in its own process (``XLA_FLAGS`` must be set before jax is
+imported); several layouts share one process to pay the start-up once.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _sharding_common import CONFIGS, REPO, run_worker  # noqa: E402
+
+pytestmark = pytest.mark.multidevice
+
+RTOL = 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["gpt2-tiny", "transformer-tiny"])
+def test_every_layout_trains_the_same_losses(model):
+    res = run_worker("worker_parity.py", model, ",".join(CONFIGS))
+    ref = np.array(res["single"]["losses"])
+    assert ref.shape == (5,) and np.all(np.isfinite(ref))
+    assert ref[-1] < ref[0] or not np.allclose(ref, ref[0])  # the steps really update the model
+    for name, r in res.items():
+        np.testing.assert_allclose(r["losses"], ref, rtol=RTOL, err_msg=f"{model} {name} {r['mesh']}")
+
+    # parameters and Adam moments are sharded as the rules say: vocab/heads/mlp -> tensor, embed -> fsdp
+    enc = "decoder/" if model.startswith("transformer") else ""
+    expect = {
+        "data8": {"embed/tokens": [None, None], f"{enc}layers/attn/q/w": [None] * 4},
+        "fsdp8": {"embed/tokens": [None, "fsdp"], f"{enc}layers/attn/q/w": [None, "fsdp", None, None],
+                  f"{enc}layers/mlp/wo/w": [None, None, "fsdp"]},
+        "data4_tensor2": {"embed/tokens": ["tensor", None], f"{enc}layers/attn/q/w": [None, None, "tensor", None],
+                          f"{enc}layers/attn/o/w": [None, "tensor", None, None],
+                          f"{enc}layers/mlp/wi/w": [None, None, "tensor"]},
+        "data2_fsdp2_tensor2": {"embed/tokens": ["tensor", "fsdp"],
+                                f"{enc}layers/attn/q/w": [None, "fsdp", "tensor", None],
+                                f"{enc}layers/mlp/wi/w": [None, "fsdp", "tensor"],
+                                f"{enc}layers/mlp/wo/w": [None, "tensor", "fsdp"]},
+    }
+    for name, want in expect.items():
+        specs = res[name]["specs"]
+        for path, spec in want.items():
+            for tree in ("params", "opt_state/0/mu", "opt_state/0/nu"):
+                assert specs[f"{tree}/{path}"] == spec, (name, tree, path, specs.get(f"{tree}/{path}"))
+    assert res["data2_fsdp2_tensor2"]["shard_shape"] == [512 // 2, 64 // 2]
+
+
+@pytest.mark.slow
+def test_indivisible_dimensions_stay_replicated_and_still_train():
+    # vocab 511 and 2 key/value heads on tensor=4: both replicated (with a log line), heads still split
+    res = run_worker("worker_parity.py", "gpt2-tiny:odd", "single,data2_tensor4")
+    np.testing.assert_allclose(res["data2_tensor4"]["losses"], res["single"]["losses"], rtol=RTOL)
+    specs = res["data2_tensor4"]["specs"]
+    assert specs["params/embed/tokens"] == [None, None]
+    assert specs["params/layers/attn/k/w"] == [None, None, None, None]
+    assert specs["params/layers/attn/q/w"] == [None, None, "tensor", None]
+    log = res["data2_tensor4"]["log"]
+    assert "logical axis 'vocab' (dim 0, size 511) does not divide mesh tensor=4: replicated" in log
+    assert "does not divide the 2 key/value heads" in log
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_checkpoint_moves_between_meshes_and_two_processes_match_one(tmp_path):
+    """2 processes x 4 CPU devices (gloo) on 127.0.0.1 train the same losses as 1 process x 8 devices, and
+    both processes save one Orbax checkpoint; a 2x2x2 checkpoint restores onto 8x1x1 and onto one device."""
+    import os
+
+    mp_dir = tmp_path / "multiproc"
+    mp_dir.mkdir()
+    port = _free_port()
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    confs = "data2_fsdp2_tensor2,fsdp8"
+    procs = [subprocess.Popen([sys.executable, str(REPO / "tests/sharding/worker_multiproc.py"), str(i), "2",
+                               str(port), str(mp_dir), confs], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env, cwd=REPO) for i in range(2)]
+    outs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=200)
+            assert p.returncode == 0, f"process failed (rc={p.returncode}):\n{err[-5000:]}"
+            outs.append(__import__("json").loads(out.strip().splitlines()[-1]))
+    finally:
+        for p in procs:  # time out cleanly: never leave a process waiting for its peer
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for o in outs:
+        assert (o["local_devices"], o["global_devices"]) == (4, 8)
+    assert outs[0]["fsdp8"]["rows"] == [0, 8] and outs[1]["fsdp8"]["rows"] == [8, 16]  # each loads its half
+
+    res = run_worker("worker_checkpoint.py", str(tmp_path / "ckpt"), str(mp_dir))
+    # save on 2x2x2, restore on 8x1x1 and on one device: every leaf identical, the next loss too
+    assert res["saved_spec_q"] == "P(None, 'fsdp', 'tensor', None)"
+    for name, devices in (("data8", 8), ("single", 1)):
+        r = res[name]
+        assert r["identical"] and r["n_leaves"] > 20, r
+        assert r["q_devices"] == devices
+        np.testing.assert_allclose(r["next_loss"], res["reference_next_loss"], rtol=1e-6)
+    # two processes == one process with 8 devices: losses, and the checkpoint both processes wrote
+    for conf in confs.split(","):
+        here = res["multiproc_" + conf]
+        for o in outs:
+            np.testing.assert_allclose(o[conf]["losses"], here["losses"], rtol=RTOL, err_msg=conf)
+        assert here["same_keys"] and here["max_abs_diff"] < 2e-4, here

@@ -1,0 +1,71 @@
+"""Train a tiny model 5 steps under several mesh layouts in one process; print the losses as JSON.
+
+usage: worker_parity.py MODEL[:odd] CONFIG[,CONFIG...]   (CONFIG names from _sharding_common.CONFIGS)
+Also prints, per layout, the PartitionSpecs of a few parameters and of Adam's moments, the shard shape of
+the token embedding and the warnings logged. ``:odd`` = vocab 511 and 2 key/value heads (dimensions that
+a tensor=4 mesh does not divide).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _sharding_common as C  # noqa: E402
+import _sharding_step as L  # noqa: E402
+import jax  # noqa: E402
+
+from jaxlm import parallel  # noqa: E402
+
+PROBE = ("embed/tokens", "layers/attn/q/w", "layers/attn/k/w", "layers/attn/o/w", "layers/mlp/wi/w", "layers/mlp/wo/w",
+         "decoder/layers/attn/q/w", "encoder/layers/mlp/wi/w")
+
+
+def spec_of(x) -> list:
+    return [None if s is None else (list(s) if isinstance(s, tuple) else s) for s in x.sharding.spec]
+
+
+def main(name: str, which: list[str]) -> dict:
+    name, _, variant = name.partition(":")
+    cfg = C.model_config(name)
+    if variant == "odd":
+        cfg = cfg.replace(vocab_size=511, n_kv_heads=2)
+    data = C.batches(name, cfg)
+    opt = L.optimizer()
+    out = {}
+    for conf in which:
+        t0 = time.perf_counter()
+        buf = io.StringIO()
+        handler = logging.StreamHandler(buf)
+        logging.getLogger("jaxlm").addHandler(handler)
+        mc = dict({**C.CONFIGS, **C.EXTRA_CONFIGS}[conf])
+        devices = jax.devices()[: mc.pop("devices", jax.device_count())]
+        par = parallel.Parallel(mc, model_cfg=cfg, batch_size=C.BATCH, devices=devices)
+        step = L.make_step(cfg, opt, grad_axis_name=par.grad_axis_name)
+        state = par.init_state(L.create_state, jax.random.key(0), cfg, opt)
+        specs = {}
+        if par.mode == "jit":
+            for kp, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+                path = "/".join(str(n) for n in parallel._names(kp))
+                if any(path.endswith(p) for p in PROBE):
+                    specs[path] = spec_of(leaf)
+        train = par.compile(step, state)
+        losses = []
+        for b in data:
+            state, m = train(state, par.place_batch(b))
+            losses.append(float(m["loss"]))
+        logging.getLogger("jaxlm").removeHandler(handler)
+        emb = state["params"]["embed"]["tokens"]
+        out[conf] = {"losses": losses, "specs": specs, "seconds": time.perf_counter() - t0,
+                     "mesh": dict(par.mesh.shape), "log": buf.getvalue(),
+                     "shard_shape": list(emb.addressable_shards[0].data.shape) if par.mode == "jit" else None}
+    return out
+
+
+if __name__ == "__main__":
+    C.print_json(main(sys.argv[1], sys.argv[2].split(",")))
