@@ -59,6 +59,7 @@ def _run(params, tokens, lengths, alpha, *, cfg, W, N, cache_len, stop):
     stop_arr = jnp.asarray(stop, jnp.int32)
     rows = jnp.arange(B)[:, None] * W  # [B, 1] first flat row of each example
     take = jax.vmap(lambda a, i: a[i])  # per-example gather along the beam axis
+    layers = adapters.layers(params, cfg)  # split once, outside the loop
 
     def body(s):
         i = s["i"]
@@ -82,7 +83,7 @@ def _run(params, tokens, lengths, alpha, *, cfg, W, N, cache_len, stop):
         alive_seq, nxt = take(seq, a_idx), take(tok, a_idx)  # [B, W, N], [B, W]
         cache = adapters.reorder_beams(s["cache"], (rows + take(origin, a_idx)).reshape(-1))
         logits, cache = jax.lax.cond(
-            i + 1 < N, lambda c: adapters.step(params, cfg, nxt.reshape(-1), i, c, ctx),
+            i + 1 < N, lambda c: adapters.step(params, layers, cfg, nxt.reshape(-1), i, c, ctx),
             lambda c: (s["logits"], c), cache)
         return dict(fin, i=i + 1, logits=logits, cache=cache, alive_lp=alive_lp, alive_seq=alive_seq)
 
