@@ -232,6 +232,17 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, ps))
 
 
+def gathered(w: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """A weight with logical ``axes`` as a table lookup wants it: its FSDP shards gathered (``"embed"``
+    replicated) while tensor-parallel shards stay. Identity outside :func:`use_mesh`.
+
+    Why: ``jnp.take`` on a table whose ``embed`` dimension is sharded over ``fsdp`` yields activations
+    sharded on ``embed`` while the batch wants ``fsdp`` too; XLA's SPMD partitioner cannot move between the
+    two and falls back to replicating the whole activation ("Involuntary full rematerialization").
+    Gathering the table first is what FSDP does for every weight anyway (matmuls get it from XLA)."""
+    return constrain(w, tuple(None if a == "embed" else a for a in axes))
+
+
 def current_mesh() -> Mesh | None:
     ctx = _CONTEXT.get()
     return None if ctx is None else ctx[0]
@@ -239,5 +250,5 @@ def current_mesh() -> Mesh | None:
 
 __all__ = [
     "MESH_AXES", "RULES", "make_mesh", "mesh_shape", "logical_to_pspec", "param_pspecs", "param_shardings",
-    "replicated", "batch_sharding", "sharding_report", "use_mesh", "constrain", "current_mesh",
+    "replicated", "batch_sharding", "sharding_report", "use_mesh", "constrain", "gathered", "current_mesh",
 ]
