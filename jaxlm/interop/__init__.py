@@ -1,0 +1,1 @@
+"""Interoperability with other JAX libraries: :mod:`jaxlm.interop.flax` (Flax NNX modules)."""
