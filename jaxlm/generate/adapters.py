@@ -7,16 +7,22 @@ cache and the per-example context (padding masks, lengths) the later steps need.
 ``step(params, layers, cfg, tok [B], j, cache, ctx)`` feeds the ``j``-th new token (0-based) and returns the
 logits [B, V] for token ``j + 1`` and the updated cache.
 
-Why the decode step does not call ``apply`` with a stacked cache: inside ``lax.scan`` each layer's slice of
-a stacked ``[L, B, S, G, K]`` cache is copied in (scan ``xs``) and copied out again (scan ``ys``) on every
-token, so a step costs several full passes over the cache. Measured on the benchmark model (6 layers,
-batch 8, 288 slots) that was 14 ms/token, 3x slower than the time the step's arithmetic needs. So the
-cache is kept as one ``[B, S, G, K]`` buffer per layer, updated in place (``dynamic_update_slice`` on a
-``while_loop`` carry), and the step runs the model's own blocks (:func:`jaxlm.nn.blocks.apply`) layer by
-layer over weights split from the stack *once* per generation (:func:`layers`), outside the token loop, so
-no weights are copied per token either (DESIGN §7). Tests hold these steps equal to a full recompute.
+Why the decode step does not call ``apply`` with the model's stacked cache (measured on the benchmark
+model: 6 layers, batch 8, 288 cache slots, 2-core CPU; see benchmarks/RESULTS.md):
 
-Cache: ``{"self": [{"k","v": [B, S, G, K]}] * L (+ "cross": same, computed once)}``; ctx leaves [B, ...].
+1. inside ``lax.scan`` each layer's slice of a stacked ``[L, B, S, G, K]`` cache is copied in (scan ``xs``)
+   and out again (scan ``ys``) on every token: 13.4 ms/token, against 4.9 ms/token with a 63-slot cache;
+2. the attention einsums want [B, G, S, K] operands, so XLA also transposed (copied) each layer's whole
+   cache on every token (seen in the optimised HLO).
+
+So after the prefill the cache is split once into one head-major ``[B, G, S, K]`` buffer per layer, updated
+in place (``dynamic_update_slice`` on a ``while_loop`` carry), and the step runs the model's own blocks
+(:func:`jaxlm.nn.blocks.apply`) layer by layer, with :func:`decode_attention` for the one-token attention,
+over weights split from the stack *once* per generation (:func:`layers`), outside the token loop, so no
+weights are copied per token either (DESIGN §7). Batch 8: 13.4 -> 3.7 ms/token. Tests hold these steps
+equal to a full recompute for every family.
+
+Cache: ``{"self": [{"k","v": [B, G, S, K]}] * L (+ "cross": same, computed once)}``; ctx leaves [B, ...].
 Every leaf has the batch on axis 0, which beam search uses to repeat and reorder beams.
 """
 

@@ -1,0 +1,137 @@
+"""``jaxlm generate PATH --prompt TEXT``: generate text from a jaxlm run directory, a Hugging Face
+checkpoint directory or a GGUF file, streaming tokens to the terminal as they are produced.
+
+    jaxlm generate runs/shakespeare --prompt "ROMEO:" --max-new-tokens 200 --temperature 0.8 --top-k 50
+    jaxlm generate path/to/SmolLM2.gguf --chat --prompt "What is the capital of France?" --greedy
+    jaxlm generate runs/translate --prompt "Ein Hund läuft." --beam 4          # encoder-decoder: source text
+
+Sampling is the model's distribution (temperature 1) unless ``--greedy`` or ``--temperature/--top-k/--top-p``
+say otherwise; ``--seed`` makes it reproducible; ``--beam N`` runs beam search instead (printed when done).
+Generation ends at the model's end-of-sequence token(s) or after ``--max-new-tokens``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="jaxlm generate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("path", help="jaxlm run directory, Hugging Face checkpoint directory or .gguf file")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="prompt text (the source sentence for an encoder-decoder)")
+    src.add_argument("--prompt-ids", help="prompt as comma-separated token ids (for models without a tokenizer)")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    ap.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 1.0)")
+    ap.add_argument("--top-k", type=int, default=None, help="sample among the K most likely tokens")
+    ap.add_argument("--top-p", type=float, default=None, help="sample from the nucleus of probability mass P")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--beam", type=int, default=None, metavar="N", help="beam search with N beams")
+    ap.add_argument("--length-penalty", type=float, default=0.6, help="GNMT alpha for --beam (default 0.6)")
+    ap.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    ap.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence tokens")
+    return ap
+
+
+class _Printer:
+    """Decode the growing list of ids and print only the new text; holds back an incomplete UTF-8 character
+    (byte-level BPE can split one across tokens)."""
+
+    def __init__(self, tok: Any, prefix: str = "", out=None):
+        self.tok, self.out, self.ids, self.shown, self.prefix = tok, out or sys.stdout, [], "", prefix
+
+    def add(self, token: int | None = None, final: bool = False) -> None:
+        if self.prefix:  # the prompt, shown once generation has started without an error
+            self.out.write(self.prefix)
+            self.prefix = ""
+        if token is not None:
+            self.ids.append(token)
+        if self.tok is None:
+            self.out.write("" if token is None else f"{token} ")
+        else:
+            text = self.tok.decode(self.ids)
+            if text.endswith("\ufffd") and not final:
+                return
+            self.out.write(text[len(self.shown):] if text.startswith(self.shown) else text)
+            self.shown = text
+        self.out.flush()
+
+
+def _stop_ids(loaded, ignore: bool) -> list[int]:
+    if ignore:
+        return []
+    extra = loaded.extra or {}
+    ids = list(extra.get("stop_ids") or [])
+    if extra.get("eos_id") is not None:
+        ids.append(int(extra["eos_id"]))
+    return sorted(set(ids))
+
+
+def _encode(args, loaded) -> list[int]:
+    if args.prompt_ids is not None:
+        try:
+            return [int(t) for t in args.prompt_ids.replace(" ", "").split(",") if t]
+        except ValueError:
+            raise ValueError(f"--prompt-ids {args.prompt_ids!r}: give comma-separated integers, e.g. 1,2,3.") from None
+    tok = loaded.tokenizer
+    if tok is None:
+        raise ValueError(f"{args.path} has no tokenizer: pass the prompt as token ids with --prompt-ids 1,2,3.")
+    text, special = args.prompt, True
+    if args.chat:
+        template = (loaded.extra or {}).get("chat_template")
+        if not template:
+            raise ValueError(f"{args.path} has no chat template: drop --chat.")
+        from jaxlm.convert.hf import apply_chat_template
+
+        extra = loaded.extra or {}
+        names = {f"{k}_token": tok.id_to_token(extra[f"{k}_id"]) for k in ("bos", "eos")
+                 if extra.get(f"{k}_id") is not None}
+        text = apply_chat_template(template, [{"role": "user", "content": args.prompt}], **names)
+        special = False  # the template already holds the special tokens
+    return tok.encode(text, add_special_tokens=special).ids
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    sampling = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p") if getattr(args, k) is not None}
+    err = None
+    if args.greedy and sampling:
+        err = f"--greedy takes the most likely token, so {', '.join('--' + k.replace('_', '-') for k in sampling)} " \
+              f"would be ignored: drop one or the other."
+    elif args.beam is not None and (sampling or args.greedy):
+        err = "--beam runs beam search, which does not sample: drop --greedy/--temperature/--top-k/--top-p."
+    if err:
+        print(f"jaxlm generate: error: {err}", file=sys.stderr)
+        return 2
+
+    from jaxlm import pretrained
+    from jaxlm.generate import beam_search, stream
+
+    try:
+        loaded = pretrained.load(args.path)
+        ids = _encode(args, loaded)
+        stop = _stop_ids(loaded, args.ignore_eos)
+        # a decoder's continuation follows the prompt, so show the prompt first
+        echo = args.prompt is not None and not args.chat and type(loaded.config).family != "transformer"
+        printer = _Printer(loaded.tokenizer, prefix=args.prompt if echo else "")
+        if args.beam is not None:
+            out = beam_search(loaded.params, loaded.config, [ids], beam_size=args.beam,
+                              max_new_tokens=args.max_new_tokens, length_penalty=args.length_penalty,
+                              stop_tokens=stop)
+            for t in out.tokens[0]:
+                printer.add(t)
+        else:
+            for t in stream(loaded.params, loaded.config, ids, max_new_tokens=args.max_new_tokens,
+                            greedy=args.greedy, stop_tokens=stop, seed=args.seed,
+                            **({"temperature": 1.0} | sampling)):
+                printer.add(t)
+        printer.add(final=True)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"\njaxlm generate: error: {e}", file=sys.stderr)
+        return 2
+    print()
+    return 0
