@@ -256,7 +256,19 @@ class Parallel:
             return state
         from flax import jax_utils
 
-        return jax_utils.unreplicate(state)
+        plain = jax_utils.unreplicate(state)
+        if jax.process_count() == 1:
+            return plain
+        # multi-host: the first replica is host-local; Orbax and jit need global (replicated) arrays
+        rep = sharding.replicated(self.mesh)
+
+        def to_global(x):
+            if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+                data = jax.make_array_from_process_local_data(rep, np.asarray(jax.random.key_data(x)))
+                return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+            return jax.make_array_from_process_local_data(rep, np.asarray(x))
+
+        return jax.tree.map(to_global, plain)
 
     def abstract_state(self, state_like: Any) -> Any:
         """``ShapeDtypeStruct`` tree with this run's shardings: the Orbax restore target that puts a
@@ -333,7 +345,9 @@ class Parallel:
         must have been built with ``grad_axis_name=parallel.grad_axis_name``); metrics come back from the
         first replica. ``state`` is only read for its structure and shardings."""
         if self.mode == "pmap":
-            mapped = jax.pmap(step, axis_name=GRAD_AXIS, devices=self.devices,
+            # every process maps over its own devices; the axis (and lax.pmean) spans all processes
+            devices = None if jax.process_count() > 1 else self.devices
+            mapped = jax.pmap(step, axis_name=GRAD_AXIS, devices=devices,
                               donate_argnums=(0,) if donate else ())
 
             def run_pmap(state, batch):

@@ -85,7 +85,7 @@ def test_checkpoint_moves_between_meshes_and_two_processes_match_one(tmp_path):
     port = _free_port()
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    confs = "data2_fsdp2_tensor2,fsdp8"
+    confs = "data2_fsdp2_tensor2,pmap8"  # jit and pmap, across processes
     procs = [subprocess.Popen([sys.executable, str(REPO / "tests/sharding/worker_multiproc.py"), str(i), "2",
                                str(port), str(mp_dir), confs], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env, cwd=REPO) for i in range(2)]
@@ -102,7 +102,8 @@ def test_checkpoint_moves_between_meshes_and_two_processes_match_one(tmp_path):
                 p.wait()
     for o in outs:
         assert (o["local_devices"], o["global_devices"]) == (4, 8)
-    assert outs[0]["fsdp8"]["rows"] == [0, 8] and outs[1]["fsdp8"]["rows"] == [8, 16]  # each loads its half
+    for conf in confs.split(","):  # each process loads its half of every batch
+        assert outs[0][conf]["rows"] == [0, 8] and outs[1][conf]["rows"] == [8, 16]
 
     res = run_worker("worker_checkpoint.py", str(tmp_path / "ckpt"), str(mp_dir))
     # save on 2x2x2, restore on 8x1x1 and on one device: every leaf identical, the next loss too
@@ -114,7 +115,8 @@ def test_checkpoint_moves_between_meshes_and_two_processes_match_one(tmp_path):
         np.testing.assert_allclose(r["next_loss"], res["reference_next_loss"], rtol=1e-6)
     # two processes == one process with 8 devices: losses, and the checkpoint both processes wrote
     for conf in confs.split(","):
-        here = res["multiproc_" + conf]
         for o in outs:
-            np.testing.assert_allclose(o[conf]["losses"], here["losses"], rtol=RTOL, err_msg=conf)
+            np.testing.assert_allclose(o[conf]["losses"], res["losses"], rtol=RTOL, err_msg=conf)
+        # 5 Adam steps amplify last-bit differences of the reductions (gloo vs in-process) to ~3e-5
+        here = res["multiproc_" + conf]
         assert here["same_keys"] and here["max_abs_diff"] < 2e-4, here

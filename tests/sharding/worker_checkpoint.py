@@ -1,12 +1,12 @@
 """Save on one mesh, restore onto others: parameters identical, next-step loss identical.
 
 usage: worker_checkpoint.py CKPT_DIR [MULTIPROC_DIR]
-1. train gpt2-tiny 2 steps on a data=2 x fsdp=2 x tensor=2 mesh, save with an Orbax CheckpointManager
-   (async), and take one more step there (the reference next-step loss);
+1. train gpt2-tiny on a data=2 x fsdp=2 x tensor=2 mesh, save after 2 steps with an Orbax
+   CheckpointManager (async), go on there (step 3's loss is the reference next-step loss) to 5 steps;
 2. restore onto an 8 x 1 x 1 mesh and onto one device, straight into their shardings (ShapeDtypeStruct
    targets from Parallel.abstract_state), compare every leaf with the saved state and take the next step;
-3. with MULTIPROC_DIR: restore each checkpoint the two-process run saved (CKPT under MULTIPROC_DIR/<config>)
-   onto this single 8-device process and compare it with the same training run here.
+3. with MULTIPROC_DIR: restore each checkpoint the two-process run saved (MULTIPROC_DIR/<config>, after 5
+   steps) onto this single 8-device process and compare it with the 5-step state trained here.
 """
 
 from __future__ import annotations
@@ -32,37 +32,31 @@ def leaves(state) -> dict:
             if not jax.dtypes.issubdtype(getattr(v, "dtype", np.float32), jax.dtypes.prng_key)}
 
 
-def train(par, cfg, opt, data, n):
-    step = L.make_step(cfg, opt, grad_axis_name=par.grad_axis_name)
-    state = par.init_state(L.create_state, jax.random.key(0), cfg, opt)
-    fn = par.compile(step, state, donate=False)
-    losses = []
-    for b in data[:n]:
-        state, m = fn(state, par.place_batch(b))
-        losses.append(float(m["loss"]))
-    return state, fn, losses
-
-
 def main(ckpt_dir: str, multiproc_dir: str | None) -> dict:
     cfg = C.model_config("gpt2-tiny")
     data = C.batches("gpt2-tiny", cfg)
     opt = L.optimizer()
     out: dict = {}
     src = parallel.Parallel(C.CONFIGS["data2_fsdp2_tensor2"], model_cfg=cfg, batch_size=C.BATCH)
-    state, fn, _ = train(src, cfg, opt, data, 2)
-    saved = leaves(state)
-    with ocp.CheckpointManager(Path(ckpt_dir)) as mngr:
-        mngr.save(2, args=ocp.args.StandardSave(state))
-        mngr.wait_until_finished()
-    _, m = fn(state, src.place_batch(data[2]))
-    out["reference_next_loss"] = float(m["loss"])
-    out["saved_spec_q"] = str(state["params"]["layers"]["attn"]["q"]["w"].sharding.spec)
+    state = src.init_state(L.create_state, jax.random.key(0), cfg, opt)
+    fn = src.compile(L.make_step(cfg, opt), state, donate=False)
+    losses = []
+    for i, b in enumerate(data):
+        if i == 2:
+            saved = leaves(state)
+            with ocp.CheckpointManager(Path(ckpt_dir)) as mngr:
+                mngr.save(2, args=ocp.args.StandardSave(state))
+                mngr.wait_until_finished()
+            out["saved_spec_q"] = str(state["params"]["layers"]["attn"]["q"]["w"].sharding.spec)
+        state, m = fn(state, src.place_batch(b))
+        losses.append(float(m["loss"]))
+    out["reference_next_loss"], out["losses"] = losses[2], losses
     for name, mc in LAYOUTS.items():
         devices = jax.devices()[:1] if name == "single" else None
         par = parallel.Parallel(mc, model_cfg=cfg, batch_size=C.BATCH, devices=devices)
         target = par.abstract_state(jax.eval_shape(lambda k: L.create_state(k, cfg, opt), jax.random.key(0)))
         with ocp.CheckpointManager(Path(ckpt_dir)) as mngr:
-            restored = mngr.restore(mngr.latest_step(), args=ocp.args.StandardRestore(target))
+            restored = mngr.restore(2, args=ocp.args.StandardRestore(target))
         got = leaves(restored)
         same = sorted(saved) == sorted(got) and all(np.array_equal(saved[k], got[k]) for k in saved)
         q = restored["params"]["layers"]["attn"]["q"]["w"]
@@ -70,18 +64,16 @@ def main(ckpt_dir: str, multiproc_dir: str | None) -> dict:
         _, m = par.compile(step, restored)(restored, par.place_batch(data[2]))
         out[name] = {"identical": bool(same), "n_leaves": len(got), "next_loss": float(m["loss"]),
                      "q_spec": str(q.sharding.spec), "q_devices": len(q.sharding.device_set)}
-    if multiproc_dir:
+    if multiproc_dir:  # what the two processes saved == the same 5 steps trained here on 8 devices
+        final = leaves(state)
         for conf in sorted(p.name for p in Path(multiproc_dir).iterdir()):
-            par = parallel.Parallel(C.CONFIGS[conf], model_cfg=cfg, batch_size=C.BATCH)
-            here, _, losses = train(par, cfg, opt, data, C.STEPS)
             with ocp.CheckpointManager(Path(multiproc_dir) / conf) as mngr:
                 restored = mngr.restore(mngr.latest_step(),
-                                        args=ocp.args.StandardRestore(par.abstract_state(here)))
-            a, b = leaves(here), leaves(restored)
+                                        args=ocp.args.StandardRestore(src.abstract_state(state)))
+            got = leaves(restored)
             out["multiproc_" + conf] = {
-                "losses": losses,
-                "max_abs_diff": max(float(np.max(np.abs(a[k].astype(np.float64) - b[k]))) for k in a),
-                "same_keys": sorted(a) == sorted(b)}
+                "max_abs_diff": max(float(np.max(np.abs(final[k].astype(np.float64) - got[k]))) for k in final),
+                "same_keys": sorted(final) == sorted(got)}
     return out
 
 

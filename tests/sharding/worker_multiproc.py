@@ -43,7 +43,7 @@ def main(pid: int, nproc: int, port: int, ckpt_dir: str, which: list[str]) -> di
             state, m = train(state, par.place_batch(mine, process_local=True))
             losses.append(float(m["loss"]))
         with ocp.CheckpointManager(Path(ckpt_dir) / conf) as mngr:
-            mngr.save(C.STEPS, args=ocp.args.StandardSave(state))
+            mngr.save(C.STEPS, args=ocp.args.StandardSave(par.unreplicate(state)))
             mngr.wait_until_finished()
         out[conf] = {"losses": losses, "rows": [rows.start, rows.stop], "seconds": time.perf_counter() - t0}
     distributed.shutdown()
