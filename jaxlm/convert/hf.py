@@ -407,9 +407,12 @@ def _read_weights(d: Path) -> dict[str, Any]:
         out = {}
         for f in st:
             # framework="flax" reads bfloat16 too (numpy has no bf16; jax brings ml_dtypes)
-            with safe_open(str(f), framework="flax") as fh:
-                for k in fh.keys():
-                    out[k] = np.asarray(fh.get_tensor(k))
+            try:
+                with safe_open(str(f), framework="flax") as fh:
+                    for k in fh.keys():
+                        out[k] = np.asarray(fh.get_tensor(k))
+            except Exception as e:  # safetensors raises its own error type for truncated/corrupt files
+                raise ValueError(f"{f} is not a readable safetensors file ({e}); re-download or re-save it.") from e
         return out
     bins = sorted(d.glob("pytorch_model*.bin"))
     if bins:
@@ -520,12 +523,15 @@ def load(path_or_id: str | Path, dtype: str = "float32", tokenizer: bool = True)
         raise FileNotFoundError(f"{d} has no config.json: a Hugging Face checkpoint directory needs config.json "
                                 f"next to its weights (model.safetensors).")
     hc = json.loads(cfg_f.read_text())
+    from jaxlm.convert import native
+
+    if native.is_native(hc):  # a jaxlm params directory (jaxlm convert --to DIR)
+        return native.load(d, dtype=dtype, tokenizer=tokenizer)
+    config_from_hf(hc)  # an unsupported architecture fails here, before any weights are read
     tensors = _read_weights(d)
     name = hc.get("model_type")
     names = set(_normalise_names(name, {k: None for k in tensors}) if name in ("gpt2", "bert", "llama") else ())
     family, cfg = config_from_hf(hc, names)
-    if family is llama and hc.get("model_type") == "mistral":
-        pass  # same tensor names as LLaMA
     params = params_from_hf(family, cfg, tensors, source=str(d))
     cfg = cfg.replace(dtype=dtype, param_dtype=dtype)
     params = P.unflatten({k: jnp.asarray(v, dtype) for k, v in P.flatten(params).items()})

@@ -174,6 +174,9 @@ def test_missing_config_and_weights(tmp_path):
     (tmp_path / "noweights" / "config.json").write_text(json.dumps(gpt2_model().config.to_dict()))
     with pytest.raises(FileNotFoundError, match="no weights"):
         hf.load(tmp_path / "noweights")
+    (tmp_path / "noweights" / "model.safetensors").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        hf.load(tmp_path / "noweights")
 
 
 def test_unsupported_architectures(tmp_path):

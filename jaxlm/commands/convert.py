@@ -1,0 +1,72 @@
+"""``jaxlm convert``: Hugging Face / GGUF checkpoints to jaxlm, and jaxlm models to Hugging Face.
+
+    jaxlm convert --from-hf path/to/hf_dir --to converted/          # or a hub id when online
+    jaxlm convert --from-gguf SmolLM2-135M-Instruct.Q4_1.gguf --to converted/   (--from-hf also takes .gguf)
+    jaxlm convert --to-hf runs/my_run --out hf_export/               # transformers.from_pretrained(hf_export/)
+
+``--to DIR`` writes a jaxlm params directory (config.json with the jaxlm Config, params.safetensors in jaxlm
+layout, tokenizer.json, extra.json) that ``jaxlm generate``, ``jaxlm eval`` and
+``jaxlm.pretrained.load`` read. ``--to-hf`` takes anything ``jaxlm.pretrained.load`` reads (a run directory,
+a params directory, a GGUF file, an HF directory) and writes config.json + model.safetensors + tokenizer files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="jaxlm convert", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-hf", metavar="SRC", help="Hugging Face directory, hub id or .gguf file to import")
+    src.add_argument("--from-gguf", metavar="FILE", help="llama-family .gguf file to import (dequantised)")
+    src.add_argument("--to-hf", metavar="RUN_DIR", help="jaxlm run/params directory (or any loadable model) to export")
+    ap.add_argument("--to", metavar="DIR", help="output jaxlm params directory (with --from-hf / --from-gguf)")
+    ap.add_argument("--out", metavar="DIR", help="output Hugging Face directory (with --to-hf)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                    help="parameter dtype of the imported model (default float32)")
+    ap.add_argument("--force", action="store_true", help="write into a non-empty output directory")
+    return ap
+
+
+def _check_out(path: str | None, flag: str, force: bool) -> Path:
+    if not path:
+        raise SystemExit(f"jaxlm convert: give the output directory with {flag} DIR.")
+    out = Path(path)
+    if out.is_file():
+        raise SystemExit(f"jaxlm convert: {out} is a file; {flag} needs a directory.")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise SystemExit(f"jaxlm convert: {out} is not empty; choose a new directory or pass --force.")
+    return out
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    from jaxlm import params as P
+    from jaxlm import pretrained
+    from jaxlm.convert import hf, native
+
+    try:
+        if args.to_hf:
+            out = _check_out(args.out, "--out", args.force)
+            loaded = pretrained.load(args.to_hf)
+            hf.save(loaded, out)
+            what = "Hugging Face checkpoint"
+        else:
+            src = args.from_hf or args.from_gguf
+            out = _check_out(args.to, "--to", args.force)
+            if args.from_gguf and not str(src).endswith(".gguf"):
+                raise ValueError(f"--from-gguf {src}: expected a .gguf file.")
+            loaded = pretrained.load(src, dtype=args.dtype)
+            native.save(loaded, out)
+            what = "jaxlm params directory"
+    except (ValueError, FileNotFoundError, ImportError, KeyError) as e:
+        print(f"jaxlm convert: {e}", file=sys.stderr)
+        return 1
+    name = type(loaded.config).family
+    tok = "with" if loaded.tokenizer is not None else "without"
+    print(f"wrote {what} {out}: {name}, {P.count(loaded.params):,} parameters, {tok} tokenizer")
+    return 0
