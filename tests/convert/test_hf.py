@@ -132,6 +132,22 @@ def test_bert_mlm_import_export_logits_with_padding(tmp_path):
     assert np.abs(ref2 - ref)[valid].max() < TOL
 
 
+def test_bert_span_head(tmp_path):
+    torch.manual_seed(0)
+    m = _randomize(transformers.BertForQuestionAnswering(_bert_cfg()))
+    loaded = hf.load(_save(m, tmp_path / "hf"))
+    assert loaded.config.heads == ("span",)
+    x = _tokens(200, (2, 9))
+    with torch.no_grad():
+        ref = m(torch.tensor(x, dtype=torch.long))
+    out = bert.apply(loaded.params, jnp.asarray(x), loaded.config)
+    assert np.abs(np.asarray(out["start_logits"]) - ref.start_logits.numpy()).max() < TOL
+    assert np.abs(np.asarray(out["end_logits"]) - ref.end_logits.numpy()).max() < TOL
+    back = transformers.AutoModelForQuestionAnswering.from_pretrained(hf.save(loaded, tmp_path / "o")).eval()
+    with torch.no_grad():
+        assert np.abs(back(torch.tensor(x, dtype=torch.long)).start_logits.numpy() - ref.start_logits.numpy()).max() < TOL
+
+
 def test_bert_classifier_and_pooler(tmp_path):
     torch.manual_seed(0)
     m = _randomize(transformers.BertForSequenceClassification(_bert_cfg(num_labels=3)))
