@@ -52,6 +52,10 @@ def test_every_layout_trains_the_same_losses(model):
             for tree in ("params", "opt_state/0/mu", "opt_state/0/nu"):
                 assert specs[f"{tree}/{path}"] == spec, (name, tree, path, specs.get(f"{tree}/{path}"))
     assert res["data2_fsdp2_tensor2"]["shard_shape"] == [512 // 2, 64 // 2]
+    # the models' block-boundary activation constraints are in the compiled multi-device steps
+    n_layers = 2 * (2 if model.startswith("transformer") else 1)
+    for name in expect:
+        assert res[name]["constraints"] >= n_layers, (name, res[name]["constraints"])
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ import _sharding_common as C  # noqa: E402
 import _sharding_step as L  # noqa: E402
 import jax  # noqa: E402
 
-from jaxlm import parallel  # noqa: E402
+from jaxlm import parallel, sharding  # noqa: E402
 
 PROBE = ("embed/tokens", "layers/attn/q/w", "layers/attn/k/w", "layers/attn/o/w", "layers/mlp/wi/w", "layers/mlp/wo/w",
          "decoder/layers/attn/q/w", "encoder/layers/mlp/wi/w")
@@ -48,21 +48,26 @@ def main(name: str, which: list[str]) -> dict:
         par = parallel.Parallel(mc, model_cfg=cfg, batch_size=C.BATCH, devices=devices)
         step = L.make_step(cfg, opt, grad_axis_name=par.grad_axis_name)
         state = par.init_state(L.create_state, jax.random.key(0), cfg, opt)
-        specs = {}
+        train = par.compile(step, state)
+        constraints = None
+        if par.mode == "jit":  # activation constraints made it into the compiled step
+            with sharding.use_mesh(par.mesh):
+                text = train.jitted.lower(state, par.place_batch(data[0])).as_text()
+            constraints = text.count("sharding_constraint")
+        losses = []
+        for b in data:
+            state, m = train(state, par.place_batch(b))
+            losses.append(float(m["loss"]))
+        specs = {}  # read after training: the step's out_shardings kept the layout
         if par.mode == "jit":
             for kp, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
                 path = "/".join(str(n) for n in parallel._names(kp))
                 if any(path.endswith(p) for p in PROBE):
                     specs[path] = spec_of(leaf)
-        train = par.compile(step, state)
-        losses = []
-        for b in data:
-            state, m = train(state, par.place_batch(b))
-            losses.append(float(m["loss"]))
         logging.getLogger("jaxlm").removeHandler(handler)
         emb = state["params"]["embed"]["tokens"]
         out[conf] = {"losses": losses, "specs": specs, "seconds": time.perf_counter() - t0,
-                     "mesh": dict(par.mesh.shape), "log": buf.getvalue(),
+                     "mesh": dict(par.mesh.shape), "log": buf.getvalue(), "constraints": constraints,
                      "shard_shape": list(emb.addressable_shards[0].data.shape) if par.mode == "jit" else None}
     return out
 
