@@ -2,7 +2,8 @@
 
 One jaxlm process runs per host (per GPU node, per TPU VM); together they see every device of the job and
 :func:`jaxlm.sharding.make_mesh` lays the global mesh over them. Every process runs the same program on
-its own share of each batch (:meth:`jaxlm.parallel.Parallel.place_batch` with ``process_local=True``);
+its own share of each batch (:meth:`jaxlm.parallel.Parallel.local_rows`, then
+:meth:`~jaxlm.parallel.Parallel.place_batch` with ``global_rows``);
 Orbax saves and restores from all processes.
 
 How a process learns its place, first match wins:

@@ -301,39 +301,35 @@ class Parallel:
                              "jaxlm.sharding.make_mesh (processes laid out along 'data').")
         return slice(lo, hi)
 
-    def place_batch(self, batch: Any, *, process_local: bool = False) -> Any:
-        """Numpy batch (every leaf ``[B, ...]``) -> device arrays laid out for the compiled step.
+    def place_batch(self, batch: Any, *, global_rows: int | None = None, for_eval: bool = False) -> Any:
+        """Numpy batch (every leaf ``[rows, ...]``) -> device arrays laid out for the compiled step.
 
-        ``process_local=False``: ``batch`` is the whole global batch (single-process runs, tests); each
-        process keeps only :meth:`local_rows`. ``process_local=True``: ``batch`` already holds only this
-        process's rows (the multi-host data path) and the global array is assembled with
-        :func:`jax.make_array_from_process_local_data` without any host seeing the rest.
+        ``global_rows=None``: ``batch`` is the whole global batch (single-process runs, tests); each process
+        keeps only its :meth:`local_rows`. ``global_rows=B``: ``batch`` holds only this process's rows
+        ``local_rows(B)`` of a global batch of B (the multi-host data path: no host loads the rest) and
+        the global array is assembled with :func:`jax.make_array_from_process_local_data`.
+        ``for_eval``: the jit layout even under pmap (evaluation runs on the unreplicated state).
         """
-        nproc = jax.process_count()
         leaves = jax.tree.leaves(batch)
         if not leaves:
             return batch
         rows = np.shape(leaves[0])[0]
-        global_rows = rows * (nproc if process_local else 1)
-        if self.mode == "pmap":
-            local = batch if process_local else jax.tree.map(lambda x: x[self.local_rows(global_rows)], batch)
+        total = rows if global_rows is None else int(global_rows)
+        mine = self.local_rows(total)
+        if global_rows is not None and rows != mine.stop - mine.start:
+            raise ValueError(f"this process should load rows {mine.start}:{mine.stop} of each batch of "
+                             f"{total} ({mine.stop - mine.start} rows) but got {rows}; use local_rows().")
+        take = (lambda x: np.asarray(x)[mine]) if global_rows is None else np.asarray
+        if self.mode == "pmap" and not for_eval:
             n = len(self.devices)
-            if (global_rows // nproc) % n:
-                raise ConfigError(f"batch of {global_rows} rows does not split over {n * nproc} devices: "
-                                  f"use a multiple of {n * nproc}.")
-            return jax.tree.map(lambda x: np.reshape(np.asarray(x), (n, -1, *np.shape(x)[1:])), local)
-        validate(self.mesh, batch_size=global_rows)
+            validate(self.mesh, batch_size=total)
+            return jax.tree.map(lambda x: np.reshape(take(x), (n, -1, *np.shape(x)[1:])), batch)
+        validate(self.mesh, batch_size=total)
         sh = self.batch_sharding()
-        if nproc == 1 and not process_local:
-            return jax.device_put(batch, sh)
-        sl = self.local_rows(global_rows)
-
-        def make(x):
-            x = np.asarray(x)
-            local = x if process_local else x[sl]
-            return jax.make_array_from_process_local_data(sh, local, (global_rows, *x.shape[1:]))
-
-        return jax.tree.map(make, batch)
+        if jax.process_count() == 1:
+            return jax.device_put(jax.tree.map(take, batch), sh)
+        return jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(sh, take(x), (total, *np.shape(x)[1:])), batch)
 
     # -- the step ----------------------------------------------------------------------------------------
     def compile(self, step: Callable, state: Any, *, donate: bool = True) -> Callable:

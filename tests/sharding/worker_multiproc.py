@@ -40,7 +40,7 @@ def main(pid: int, nproc: int, port: int, ckpt_dir: str, which: list[str]) -> di
         losses = []
         for b in data:
             mine = {k: v[rows] for k, v in b.items()}  # this process's share only
-            state, m = train(state, par.place_batch(mine, process_local=True))
+            state, m = train(state, par.place_batch(mine, global_rows=C.BATCH))
             losses.append(float(m["loss"]))
         with ocp.CheckpointManager(Path(ckpt_dir) / conf) as mngr:
             mngr.save(C.STEPS, args=ocp.args.StandardSave(par.unreplicate(state)))
