@@ -154,6 +154,7 @@ def load(path: str | Path, dtype: str = "float32", tokenizer: bool = True) -> Lo
             a = unpermute(a, G)
         tensors[target] = a
     params = hf.params_from_hf(family, cfg, tensors, source=str(p))
+    dtype = dtype or "float32"
     cfg = cfg.replace(dtype=dtype, param_dtype=dtype)
     params = P.unflatten({k: jnp.asarray(v, dtype) for k, v in P.flatten(params).items()})
     tok = read_tokenizer(reader) if tokenizer else None

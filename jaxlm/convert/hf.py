@@ -533,6 +533,7 @@ def load(path_or_id: str | Path, dtype: str = "float32", tokenizer: bool = True)
     names = set(_normalise_names(name, {k: None for k in tensors}) if name in ("gpt2", "bert", "llama") else ())
     family, cfg = config_from_hf(hc, names)
     params = params_from_hf(family, cfg, tensors, source=str(d))
+    dtype = dtype or "float32"
     cfg = cfg.replace(dtype=dtype, param_dtype=dtype)
     params = P.unflatten({k: jnp.asarray(v, dtype) for k, v in P.flatten(params).items()})
     tok = None

@@ -240,3 +240,44 @@ def test_pytorch_bin_checkpoint(tmp_path):
     x = _tokens(300)
     loaded = hf.load(d)
     assert np.abs(np.asarray(gpt2.apply(loaded.params, jnp.asarray(x), loaded.config)) - _torch_logits(m, x)).max() < TOL
+
+
+def test_hub_id_goes_through_snapshot_download(tmp_path, monkeypatch):
+    """A name that is not a local path is fetched with huggingface_hub (stubbed here: no network in tests)."""
+    hub = pytest.importorskip("huggingface_hub")
+    local = _save(gpt2_model(), tmp_path / "snap")
+    asked = []
+
+    def fake(repo_id, **kw):
+        asked.append(repo_id)
+        if repo_id != "someone/tiny-gpt2":
+            raise hub.errors.RepositoryNotFoundError(f"{repo_id} not found")
+        return str(local)
+
+    monkeypatch.setattr(hub, "snapshot_download", fake)
+    loaded = pretrained.load("someone/tiny-gpt2")
+    assert loaded.family is gpt2 and asked == ["someone/tiny-gpt2"]
+    with pytest.raises(FileNotFoundError, match="neither a local directory nor a hub id"):
+        hf.load("someone/missing")
+
+
+def test_sentence_transformers_subfolder_layout(tmp_path):
+    """Older sentence-transformers saves keep the BERT model in 0_Transformer/ (named by modules.json)."""
+    torch.manual_seed(0)
+    m = _randomize(transformers.BertModel(_bert_cfg()))
+    root = tmp_path / "st"
+    m.save_pretrained(root / "0_Transformer")
+    (root / "1_Pooling").mkdir()
+    (root / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    (root / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    loaded = hf.load(root)
+    assert loaded.config.pooler and loaded.extra["sentence_transformers"] == {
+        "pooling": "cls", "normalize": False, "max_seq_length": 40}
+    x = _tokens(200, (2, 9))
+    with torch.no_grad():
+        ref = m(torch.tensor(x, dtype=torch.long))
+    out = bert.apply(loaded.params, jnp.asarray(x), loaded.config)
+    assert np.abs(np.asarray(out["hidden"]) - ref.last_hidden_state.numpy()).max() < TOL
+    assert np.abs(np.asarray(out["pooled"]) - ref.pooler_output.numpy()).max() < TOL
