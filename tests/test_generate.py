@@ -65,6 +65,17 @@ def test_cached_decoding_matches_full_recompute_and_batching(model):
     assert list(stream(params, cfg, PROMPTS[1], max_new_tokens=N_NEW, greedy=True)) == out.tokens[1]
 
 
+def test_general_attention_fallback_matches_full_recompute():
+    """ALiBi is not handled by the one-token decode attention: the step falls back to the model's attention
+    on the converted cache, and must still equal a full recompute."""
+    mod, cfg = get("gpt2-tiny")
+    cfg = cfg.replace(pos_emb="alibi", dropout=0.0, attn_dropout=0.0)
+    params = mod.init(jax.random.key(3), cfg)
+    out = generate(params, cfg, [PROMPTS[1]], max_new_tokens=4, greedy=True, return_logits=True)
+    ref = _full_logits(mod, cfg, params, PROMPTS[1], out.tokens[0])
+    np.testing.assert_allclose(out.logits[0], ref, atol=1e-5, rtol=1e-5)
+
+
 def test_sampling_is_reproducible_and_seed_dependent(gpt2):
     mod, cfg, params = gpt2
     kw = dict(max_new_tokens=8, temperature=1.0, top_k=50)

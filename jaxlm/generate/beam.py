@@ -52,14 +52,13 @@ def length_penalty(length: jax.Array | int, alpha: jax.Array | float) -> jax.Arr
     return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
 
-def _run(params, tokens, lengths, alpha, *, cfg, W, N, cache_len, stop):
+def _run(params, layers, tokens, lengths, alpha, *, cfg, W, N, cache_len, stop):
     B, V = tokens.shape[0], cfg.vocab_size
     logits, cache, ctx = adapters.prefill(params, cfg, tokens, lengths, cache_len)
     cache, ctx = adapters.repeat(cache, ctx, W)  # [B] -> [B * W]: every beam starts from the prompt
     stop_arr = jnp.asarray(stop, jnp.int32)
     rows = jnp.arange(B)[:, None] * W  # [B, 1] first flat row of each example
     take = jax.vmap(lambda a, i: a[i])  # per-example gather along the beam axis
-    layers = adapters.layers(params, cfg)  # split once, outside the loop
 
     def body(s):
         i = s["i"]
@@ -146,7 +145,8 @@ def beam_search(
     stop = inputs.stop_ids(cfg, stop_tokens, eos_id)
     S = inputs.cache_len(batch, cfg, max_new_tokens, max_len)
     run = _compiled(cfg, int(beam_size), int(max_new_tokens), S, stop)
-    res = run(params, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths), jnp.float32(length_penalty))
+    res = run(params, adapters.layers(params, cfg), jnp.asarray(batch.tokens), jnp.asarray(batch.lengths),
+              jnp.float32(length_penalty))
     score, seq, lp, length, stopped = (np.asarray(a) for a in res)
     out = BeamOutput([], [], [], [], [])
     for b in range(score.shape[0]):

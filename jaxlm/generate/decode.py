@@ -4,7 +4,7 @@ Both are built from the same two traced functions:
 
 - ``init``: prefill (prompt through the model, or encoder + BOS for the encoder-decoder) into a KV cache
   preallocated to its final length, then sample the first new token;
-- ``body``: feed the last token (one cached step over per-layer weights split once, see
+- ``body``: feed the last token (one cached step over per-layer weights split outside the loop, see
   :mod:`jaxlm.generate.adapters`), sample the next one.
 
 :func:`generate` runs ``init`` and a ``lax.while_loop`` over ``body`` in one ``jax.jit`` (the loop ends
@@ -79,21 +79,18 @@ def _state_body(params, layers, state, *, cfg, sampler, stop):
 @functools.lru_cache(maxsize=64)
 def _compiled(cfg, sampler: sampling.Sampler, n_new: int, cache_len: int, stop: tuple[int, ...],
               return_logits: bool):
-    """Jitted (run, init, body, split) for one static setting; cached so repeated calls reuse the
-    compilation."""
+    """Jitted (run, init, body) for one static setting; cached so repeated calls reuse the compilation."""
     init = functools.partial(_state_init, cfg=cfg, sampler=sampler, n_new=n_new, cache_len=cache_len,
                              stop=stop, return_logits=return_logits)
     body = functools.partial(_state_body, cfg=cfg, sampler=sampler, stop=stop)
 
-    def run(params, tokens, lengths, key, temperature, top_p):
+    def run(params, layers, tokens, lengths, key, temperature, top_p):
         state = init(params, tokens, lengths, key, temperature, top_p)
-        layers = adapters.layers(params, cfg)  # split once, outside the token loop
         state = jax.lax.while_loop(lambda s: (s["i"] < n_new) & ~jnp.all(s["done"]),
                                    lambda s: body(params, layers, s), state)
         return state["out"], state["i"], state.get("logits")
 
-    split = jax.jit(functools.partial(adapters.layers, cfg=cfg))
-    return jax.jit(run), jax.jit(init), jax.jit(body, donate_argnums=2), split
+    return jax.jit(run), jax.jit(init), jax.jit(body, donate_argnums=2)
 
 
 def _setup(params, cfg, prompts, max_new_tokens, temperature, top_k, top_p, greedy, stop_tokens, max_len):
@@ -136,8 +133,8 @@ def generate(
     batch, sampler, stop, S, (temp, tp) = _setup(params, cfg, prompts, max_new_tokens, temperature, top_k,
                                                  top_p, greedy, stop_tokens, max_len)
     run, *_ = _compiled(cfg, sampler, int(max_new_tokens), S, stop, bool(return_logits))
-    out, n, logits = run(params, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths), jax.random.key(seed),
-                         temp, tp)
+    out, n, logits = run(params, adapters.layers(params, cfg), jnp.asarray(batch.tokens),
+                         jnp.asarray(batch.lengths), jax.random.key(seed), temp, tp)
     out, n = np.asarray(out), int(n)
     tokens, stopped = [], []
     for row in out[:, :n]:
@@ -178,8 +175,8 @@ def stream(
         prompt = arr.tolist()
     batch, sampler, stop, S, (temp, tp) = _setup(params, cfg, [list(prompt)], max_new_tokens, temperature,
                                                  top_k, top_p, greedy, stop_tokens, max_len)
-    _, init, body, split = _compiled(cfg, sampler, int(max_new_tokens), S, stop, False)
-    layers = split(params)  # per-layer weights, once per stream (a per-token split would copy them each step)
+    _, init, body = _compiled(cfg, sampler, int(max_new_tokens), S, stop, False)
+    layers = adapters.layers(params, cfg)  # per-layer weights, split outside the per-token step
     state = init(params, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths), jax.random.key(seed), temp, tp)
     for i in range(int(max_new_tokens)):
         if i:
