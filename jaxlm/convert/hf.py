@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from jaxlm import params as P
+from jaxlm.convert import hf_files
 from jaxlm.convert import tokenizer as tok_lib
+from jaxlm.convert.text import apply_chat_template, sentence_embeddings  # noqa: F401  (public here too)
 from jaxlm.convert.tokenizer import gpt2_tokenizer  # noqa: F401  (public: jaxlm.convert.hf.gpt2_tokenizer)
 from jaxlm.models import bert, gpt2, llama
 from jaxlm.pretrained import Loaded
@@ -396,114 +398,6 @@ def params_to_hf(family, cfg, params: dict) -> dict[str, np.ndarray]:
     return out
 
 
-# ------------------------------------------------------------------------------------------------------------
-# reading checkpoints
-def _read_weights(d: Path) -> dict[str, Any]:
-    """All tensors of a checkpoint directory as numpy arrays (safetensors, sharded or not; else torch .bin)."""
-    st = sorted(d.glob("*.safetensors"))
-    if st:
-        from safetensors import safe_open
-
-        out = {}
-        for f in st:
-            # framework="flax" reads bfloat16 too (numpy has no bf16; jax brings ml_dtypes)
-            try:
-                with safe_open(str(f), framework="flax") as fh:
-                    for k in fh.keys():
-                        out[k] = np.asarray(fh.get_tensor(k))
-            except Exception as e:  # safetensors raises its own error type for truncated/corrupt files
-                raise ValueError(f"{f} is not a readable safetensors file ({e}); re-download or re-save it.") from e
-        return out
-    bins = sorted(d.glob("pytorch_model*.bin"))
-    if bins:
-        try:
-            import torch
-        except ImportError:
-            raise ImportError(
-                f"{d} holds only PyTorch weights ({bins[0].name}); reading them needs torch "
-                f"(pip install 'jaxlm[hf]'), or convert the checkpoint to safetensors first."
-            ) from None
-        out = {}
-        for f in bins:
-            sd = torch.load(str(f), map_location="cpu", weights_only=True)
-            for k, v in sd.items():
-                out[k] = (v.float() if v.dtype == torch.bfloat16 else v).numpy()
-        return out
-    raise FileNotFoundError(
-        f"{d} has a config.json but no weights: expected model.safetensors (or model-*.safetensors shards) "
-        f"or pytorch_model.bin."
-    )
-
-
-def _resolve(path_or_id: str | Path) -> Path:
-    p = Path(path_or_id)
-    if p.exists():
-        return p
-    if str(path_or_id).startswith((".", "/", "~")):
-        raise FileNotFoundError(f"{path_or_id} does not exist.")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise ImportError(f"{path_or_id!r} is not a local directory; downloading it from the Hugging Face hub "
-                          f"needs huggingface_hub (pip install huggingface_hub).") from None
-    try:
-        return Path(snapshot_download(str(path_or_id), allow_patterns=[
-            "*.json", "*.safetensors", "*.txt", "tokenizer.model", "*.jinja", "1_Pooling/*"]))
-    except Exception as e:  # offline, unknown repo, gated model
-        raise FileNotFoundError(f"{path_or_id!r} is neither a local directory nor a hub id that could be "
-                                f"downloaded ({type(e).__name__}: {e}).") from e
-
-
-def _sentence_transformers(d: Path) -> tuple[Path, dict | None]:
-    """(directory holding the Transformer module's config.json, pooling/normalize settings or None)."""
-    mods_f = d / "modules.json"
-    if not mods_f.is_file():
-        return d, None
-    mods = json.loads(mods_f.read_text())
-    info: dict[str, Any] = {"pooling": "mean", "normalize": False, "max_seq_length": None}
-    model_dir = d
-    for m in mods:
-        t, sub = m.get("type", ""), d / m.get("path", "")
-        if t.endswith("Transformer"):
-            model_dir = sub
-            for f in ("sentence_bert_config.json",):
-                if (sub / f).is_file():
-                    info["max_seq_length"] = json.loads((sub / f).read_text()).get("max_seq_length")
-        elif t.endswith("Pooling") and (sub / "config.json").is_file():
-            pc = json.loads((sub / "config.json").read_text())
-            modes = [k[len("pooling_mode_"):].removesuffix("_token").removesuffix("_tokens")
-                     for k, v in pc.items() if k.startswith("pooling_mode_") and v]
-            info["pooling"] = modes[0] if len(modes) == 1 else modes
-        elif t.endswith("Normalize"):
-            info["normalize"] = True
-    return model_dir, info
-
-
-def _chat_template(d: Path) -> str | None:
-    if (d / "chat_template.jinja").is_file():
-        return (d / "chat_template.jinja").read_text()
-    tc = d / "tokenizer_config.json"
-    if tc.is_file():
-        t = json.loads(tc.read_text()).get("chat_template")
-        if isinstance(t, str):
-            return t
-    return None
-
-
-def _special_ids(d: Path, hc: dict) -> dict:
-    out = {"bos_id": hc.get("bos_token_id"), "eos_id": hc.get("eos_token_id")}
-    gc = d / "generation_config.json"
-    if gc.is_file():
-        g = json.loads(gc.read_text())
-        out["bos_id"] = g.get("bos_token_id", out["bos_id"])
-        out["eos_id"] = g.get("eos_token_id", out["eos_id"])
-    eos = out["eos_id"]
-    out["stop_ids"] = [] if eos is None else list(eos) if isinstance(eos, list) else [eos]
-    if isinstance(eos, list):
-        out["eos_id"] = eos[0] if eos else None
-    return out
-
-
 def load(path_or_id: str | Path, dtype: str = "float32", tokenizer: bool = True) -> Loaded:
     """A Hugging Face checkpoint (directory, sentence-transformers directory or hub id) -> :class:`Loaded`.
 
@@ -514,10 +408,10 @@ def load(path_or_id: str | Path, dtype: str = "float32", tokenizer: bool = True)
     """
     import jax.numpy as jnp
 
-    root = _resolve(path_or_id)
+    root = hf_files.resolve(path_or_id)
     if root.is_file():
         raise ValueError(f"{root} is a file; give the checkpoint directory (with config.json) or a .gguf file.")
-    d, st_info = _sentence_transformers(root)
+    d, st_info = hf_files.sentence_transformers_info(root)
     cfg_f = d / "config.json"
     if not cfg_f.is_file():
         raise FileNotFoundError(f"{d} has no config.json: a Hugging Face checkpoint directory needs config.json "
@@ -528,7 +422,7 @@ def load(path_or_id: str | Path, dtype: str = "float32", tokenizer: bool = True)
     if native.is_native(hc):  # a jaxlm params directory (jaxlm convert --to DIR)
         return native.load(d, dtype=dtype, tokenizer=tokenizer)
     config_from_hf(hc)  # an unsupported architecture fails here, before any weights are read
-    tensors = _read_weights(d)
+    tensors = hf_files.read_weights(d)
     name = hc.get("model_type")
     names = set(_normalise_names(name, {k: None for k in tensors}) if name in ("gpt2", "bert", "llama") else ())
     family, cfg = config_from_hf(hc, names)
@@ -541,8 +435,8 @@ def load(path_or_id: str | Path, dtype: str = "float32", tokenizer: bool = True)
         tok = tok_lib.from_hf_dir(d) or (tok_lib.from_hf_dir(root) if root != d else None)
         if tok is not None:
             tok_lib.check_vocab(tok, cfg.vocab_size, str(d))
-    extra = {"hf_config": hc, "chat_template": _chat_template(d) or _chat_template(root),
-             "source_dir": str(d), **_special_ids(d, hc)}
+    extra = {"hf_config": hc, "chat_template": hf_files.chat_template(d) or hf_files.chat_template(root),
+             "source_dir": str(d), **hf_files.special_ids(d, hc)}
     if st_info is not None:
         if st_info["max_seq_length"] is None:
             st_info["max_seq_length"] = cfg.max_len
@@ -593,58 +487,3 @@ def save(model: Loaded | tuple, out_dir: str | Path, tokenizer: Any | None = Non
         if not (out / "tokenizer_config.json").is_file():
             (out / "tokenizer_config.json").write_text(json.dumps(tc, indent=2) + "\n")
     return out
-
-
-# ------------------------------------------------------------------------------------------------------------
-# sentence embeddings and chat templates
-def sentence_embeddings(loaded: Loaded, texts: list[str], batch_size: int = 32) -> np.ndarray:
-    """Sentence-transformers embeddings of ``texts`` -> [N, D] float32: BERT hidden states pooled over real
-    tokens as the directory's Pooling module says (mean by default, "cls" supported) and L2-normalised when
-    it has a Normalize module."""
-    import jax.numpy as jnp
-
-    if loaded.family is not bert or loaded.tokenizer is None:
-        raise ValueError("sentence_embeddings needs a BERT checkpoint with its tokenizer (a sentence-transformers "
-                         "directory such as all-MiniLM-L6-v2).")
-    info = (loaded.extra or {}).get("sentence_transformers") or {"pooling": "mean", "normalize": False}
-    if info["pooling"] not in ("mean", "cls"):
-        raise ValueError(f"pooling {info['pooling']!r} is not supported; jaxlm implements 'mean' and 'cls'.")
-    max_len = min(info.get("max_seq_length") or loaded.config.max_len, loaded.config.max_len)
-    cfg = loaded.config.replace(heads=())
-    out = []
-    for s in range(0, len(texts), batch_size):
-        encs = loaded.tokenizer.encode_batch(texts[s:s + batch_size])
-        # the attention mask, not the length: a tokenizer.json may carry its own padding settings
-        ids = [[t for t, m in zip(e.ids, e.attention_mask) if m][:max_len] for e in encs]
-        T = max(map(len, ids))
-        tokens = np.full((len(ids), T), cfg.pad_id, np.int32)
-        valid = np.zeros((len(ids), T), bool)
-        for i, x in enumerate(ids):
-            tokens[i, :len(x)], valid[i, :len(x)] = x, True
-        h = np.asarray(bert.apply(loaded.params, jnp.asarray(tokens), cfg, valid=jnp.asarray(valid))["hidden"],
-                       np.float32)
-        if info["pooling"] == "mean":
-            e = (h * valid[..., None]).sum(1) / np.maximum(valid.sum(1, keepdims=True), 1)
-        else:
-            e = h[:, 0]
-        if info.get("normalize"):
-            e = e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
-        out.append(e)
-    return np.concatenate(out)
-
-
-def apply_chat_template(template: str, messages: list[dict], *, add_generation_prompt: bool = True,
-                        **kw: Any) -> str:
-    """Render a Hugging Face chat template (Jinja) for ``messages`` ``[{"role", "content"}, ...]``;
-    ``kw`` (e.g. ``bos_token``) are passed to the template."""
-    try:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-    except ImportError:
-        raise ImportError("rendering a chat template needs jinja2 (pip install jinja2).") from None
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-
-    def raise_exception(msg):
-        raise ValueError(f"chat template: {msg}")
-
-    env.globals["raise_exception"] = raise_exception
-    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **kw)

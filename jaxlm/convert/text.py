@@ -1,0 +1,63 @@
+"""Using imported checkpoints: sentence-transformers embeddings and Hugging Face chat templates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from jaxlm.models import bert
+from jaxlm.pretrained import Loaded
+
+
+def sentence_embeddings(loaded: Loaded, texts: list[str], batch_size: int = 32) -> np.ndarray:
+    """Sentence-transformers embeddings of ``texts`` -> [N, D] float32: BERT hidden states pooled over real
+    tokens as the directory's Pooling module says (mean by default, "cls" supported) and L2-normalised when
+    it has a Normalize module."""
+    import jax.numpy as jnp
+
+    if loaded.family is not bert or loaded.tokenizer is None:
+        raise ValueError("sentence_embeddings needs a BERT checkpoint with its tokenizer (a sentence-transformers "
+                         "directory such as all-MiniLM-L6-v2).")
+    info = (loaded.extra or {}).get("sentence_transformers") or {"pooling": "mean", "normalize": False}
+    if info["pooling"] not in ("mean", "cls"):
+        raise ValueError(f"pooling {info['pooling']!r} is not supported; jaxlm implements 'mean' and 'cls'.")
+    max_len = min(info.get("max_seq_length") or loaded.config.max_len, loaded.config.max_len)
+    cfg = loaded.config.replace(heads=())
+    out = []
+    for s in range(0, len(texts), batch_size):
+        encs = loaded.tokenizer.encode_batch(texts[s:s + batch_size])
+        # the attention mask, not the length: a tokenizer.json may carry its own padding settings
+        ids = [[t for t, m in zip(e.ids, e.attention_mask) if m][:max_len] for e in encs]
+        T = max(map(len, ids))
+        tokens = np.full((len(ids), T), cfg.pad_id, np.int32)
+        valid = np.zeros((len(ids), T), bool)
+        for i, x in enumerate(ids):
+            tokens[i, :len(x)], valid[i, :len(x)] = x, True
+        h = np.asarray(bert.apply(loaded.params, jnp.asarray(tokens), cfg, valid=jnp.asarray(valid))["hidden"],
+                       np.float32)
+        if info["pooling"] == "mean":
+            e = (h * valid[..., None]).sum(1) / np.maximum(valid.sum(1, keepdims=True), 1)
+        else:
+            e = h[:, 0]
+        if info.get("normalize"):
+            e = e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
+        out.append(e)
+    return np.concatenate(out)
+
+
+def apply_chat_template(template: str, messages: list[dict], *, add_generation_prompt: bool = True,
+                        **kw: Any) -> str:
+    """Render a Hugging Face chat template (Jinja) for ``messages`` ``[{"role", "content"}, ...]``;
+    ``kw`` (e.g. ``bos_token``) are passed to the template."""
+    try:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError:
+        raise ImportError("rendering a chat template needs jinja2 (pip install jinja2).") from None
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+
+    def raise_exception(msg):
+        raise ValueError(f"chat template: {msg}")
+
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **kw)
