@@ -11,7 +11,9 @@ so it is not a weighted average of the values. We implement the standard form of
 
 Implementations (``cfg.attn_impl``), tested equal:
 - ``"reference"``: einsum + float32 softmax; supports attention-probability dropout and returning weights;
-- ``"xla"`` / ``"cudnn"``: :func:`jax.nn.dot_product_attention` with that backend (cudnn needs a GPU).
+- ``"xla"`` / ``"cudnn"``: :func:`jax.nn.dot_product_attention` with that backend (cudnn needs a GPU);
+- ``"flash"``: :func:`jaxlm.nn.flash.attention`, query-blocked with its own VJP that saves no T x S
+  probabilities for the backward pass (recomputes them from the row log-sum-exp).
   These do not implement dropout on probabilities or return weights; when either is asked for, the
   reference path runs instead.
 """
@@ -21,9 +23,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxlm.nn import linear, positions
+from jaxlm.nn import flash, linear, positions
 
-IMPLS = ("reference", "xla", "cudnn")
+IMPLS = ("reference", "xla", "cudnn", "flash")
 _NEG = -1e30  # finite, so fully-masked rows give a uniform (not NaN) distribution
 
 
@@ -65,6 +67,8 @@ def dot_product_attention(
     if impl in ("xla", "cudnn") and not use_dropout and not return_weights:
         out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, implementation=impl)
         return out, None
+    if impl == "flash" and not use_dropout and not return_weights:
+        return flash.attention(q, k, v, mask=mask, bias=bias), None
     if impl not in IMPLS:
         raise ValueError(f"unknown attention implementation {impl!r}; choose one of {IMPLS}.")
     h = H // G
