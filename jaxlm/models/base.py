@@ -67,7 +67,7 @@ class ModelConfig:
         return dataclasses.replace(self, **kw)
 
     def __post_init__(self) -> None:
-        name = type(self).__name__
+        name = f"{type(self).family}.{type(self).__name__}"  # e.g. "gpt2.Config": says which family
         for f in ("vocab_size", "max_len", "d_model", "n_heads", "n_layers", "d_ff"):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
