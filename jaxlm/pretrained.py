@@ -8,6 +8,7 @@ tokenizer (a ``tokenizers.Tokenizer``) when one is available. ``jaxlm generate``
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -45,9 +46,9 @@ def kind(path: str | Path) -> str:
         )
     if p.exists():
         raise ValueError(f"{p} is a file but not a .gguf checkpoint; give a run directory, HF directory or .gguf.")
-    if "/" in str(path) and not str(path).startswith((".", "/")):
-        return "hf"  # a hub id such as "gpt2" or "org/name"; resolved by the HF loader when online
-    raise FileNotFoundError(f"{path} does not exist.")
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", str(path)) and not str(path).endswith((".gguf", ".json")):
+        return "hf"  # a hub id such as "gpt2" or "org/name"; the HF loader resolves it when online
+    raise FileNotFoundError(f"{path} does not exist (not a run directory, HF directory, .gguf file or hub id).")
 
 
 def load(path: str | Path, **kw: Any) -> Loaded:
