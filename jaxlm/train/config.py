@@ -1,0 +1,251 @@
+"""The configs of a training run: ``RunConfig(model, train, data, mesh)``.
+
+An experiment file defines ``config() -> RunConfig``. ``jaxlm train EXPERIMENT.py key=value ...`` applies
+typed overrides with :func:`apply_overrides` (``train.lr=3e-4``, ``data.path=...``, ``mesh.fsdp=4``,
+``model.preset=gpt2-tiny`` swaps the model for a preset, then ``model.<field>=...`` changes its fields).
+Unknown keys raise a ConfigError naming the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jaxlm import config as C
+from jaxlm.models import base, get
+
+TASKS = ("causal_lm", "mlm", "seq2seq", "classification", "span")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("constant", "cosine", "linear", "noam")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Optimisation, loop cadence and checkpointing. ``steps`` counts optimizer updates; each update sees
+    ``batch_size`` examples, split into ``grad_accum`` micro-batches."""
+
+    task: str = "causal_lm"
+    steps: int = 1000
+    batch_size: int = 16
+    grad_accum: int = 1
+    seed: int = 0
+    # optimizer
+    optimizer: str = "adamw"
+    lr: float = 3e-4  # peak rate; for schedule="noam" a multiplier of d_model^-0.5 * min(...)
+    schedule: str = "cosine"
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # cosine: final rate = lr * min_lr_ratio
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.01  # AdamW only; never applied to biases and norm parameters
+    clip_norm: float | None = 1.0  # global-norm clipping; None = off
+    # loss
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0  # coefficient of the log-partition penalty (PaLM); 0 = off
+    mlm_prob: float = 0.15
+    # loop
+    log_every: int = 10
+    eval_every: int = 200  # 0 = only at the end
+    eval_batches: int = 20
+    checkpoint_every: int = 500  # 0 = only at the end / on a signal
+    keep_checkpoints: int = 3
+    best_metric: str = "eval_loss"  # also keep the best checkpoint by this metric ("" = off)
+    best_mode: str = "min"
+    async_checkpoint: bool = True
+    init_from: str = ""  # a run directory whose params start this run (fine-tuning); heads absent there are new
+    peak_flops: float | None = None  # per-device peak FLOP/s for the MFU estimate (None = a table by device)
+    progress: bool = True
+    tensorboard: bool = True
+    plot: bool = True
+    dropout: bool = True  # False trains without dropout (key=None)
+
+    def __post_init__(self) -> None:
+        C.check_choice("train.task", self.task, TASKS)
+        C.check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        C.check_choice("train.schedule", self.schedule, SCHEDULES)
+        C.check_choice("train.best_mode", self.best_mode, ("min", "max"))
+        C.check_positive(self, "steps", "batch_size", "grad_accum", "lr", "log_every", "eval_batches",
+                         "keep_checkpoints")
+        for f in ("warmup_steps", "eval_every", "checkpoint_every"):
+            if getattr(self, f) < 0:
+                raise C.ConfigError(f"train.{f}={getattr(self, f)} must be >= 0.")
+        if self.batch_size % self.grad_accum:
+            raise C.ConfigError(f"train.batch_size={self.batch_size} is not divisible by train.grad_accum="
+                                f"{self.grad_accum}; each update splits the batch into grad_accum micro-batches.")
+        if not 0 <= self.label_smoothing < 1:
+            raise C.ConfigError(f"train.label_smoothing={self.label_smoothing} must be in [0, 1).")
+        if not 0 < self.mlm_prob < 1:
+            raise C.ConfigError(f"train.mlm_prob={self.mlm_prob} must be in (0, 1).")
+        if self.schedule == "noam" and self.warmup_steps == 0:
+            raise C.ConfigError("train.schedule='noam' needs train.warmup_steps > 0 (the paper uses 4000).")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Where the data is and how it becomes arrays. See :mod:`jaxlm.data`."""
+
+    path: str = ""  # file, directory (+ glob), comma-separated list, or hub dataset name
+    eval_path: str = ""  # "" = hold out eval_fraction of the training data
+    glob: str = "*"  # files of a directory path; "**/*.py" recurses
+    format: str = "auto"  # auto | text | json | csv | tsv | parquet | hub
+    sample_by: str = "document"  # text files: one row per document | paragraph | line
+    text_column: str = "text"
+    target_path: str = ""  # seq2seq from two line-aligned text files: path = source, target_path = target
+    eval_target_path: str = ""
+    source_column: str = "source"  # seq2seq from one table
+    target_column: str = "target"
+    label_column: str = "label"  # classification
+    query_column: str = "query"  # span extraction
+    answer_column: str = "answer"
+    tokenizer: str = "bpe"  # char | bpe (trained on the training split) | path of a pretrained tokenizer
+    vocab_size: int | None = None  # BPE size; None = model.vocab_size
+    seq_len: int = 128  # tokens per example (source length for seq2seq)
+    target_len: int | None = None  # seq2seq target length; None = seq_len
+    eval_fraction: float = 0.05
+    max_examples: int | None = None  # read at most this many rows (quick runs)
+    max_eval_examples: int | None = None
+
+    def __post_init__(self) -> None:
+        C.check_choice("data.format", self.format, ("auto", "text", "json", "csv", "tsv", "parquet", "hub"))
+        C.check_choice("data.sample_by", self.sample_by, ("document", "paragraph", "line"))
+        C.check_positive(self, "seq_len", "target_len", "vocab_size", "max_examples", "max_eval_examples")
+        if not 0 <= self.eval_fraction < 1:
+            raise C.ConfigError(f"data.eval_fraction={self.eval_fraction} must be in [0, 1).")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MeshConfig:
+    """Device mesh ``(data, fsdp, tensor)`` and the parallel mode (``jit`` with shardings, or ``pmap``)."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    parallel: str = "jit"
+
+    def __post_init__(self) -> None:
+        C.check_choice("mesh.parallel", self.parallel, ("jit", "pmap"))
+        for f in ("data", "fsdp", "tensor"):
+            v = getattr(self, f)
+            if v != -1 and v < 1:
+                raise C.ConfigError(f"mesh.{f}={v} must be >= 1 (or -1: use the remaining devices).")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """model (a family Config, or a preset name resolved here), train, data, mesh."""
+
+    model: Any
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, str):
+            object.__setattr__(self, "model", get(self.model)[1])
+        if not isinstance(self.model, base.ModelConfig):
+            raise C.ConfigError(f"RunConfig.model must be a model Config or a preset name, got {self.model!r}.")
+
+    def replace(self, **kw: Any) -> RunConfig:
+        return dataclasses.replace(self, **kw)
+
+
+def _preset(name: str):
+    try:
+        return get(name)[1]
+    except KeyError as e:
+        raise C.ConfigError(str(e).strip('"')) from None
+
+
+def apply_overrides(cfg: RunConfig, assignments: list[str] | dict[str, str]) -> RunConfig:
+    """``cfg`` with ``section.field=value`` assignments applied, typed from the dataclass annotations.
+
+    ``model.preset=NAME`` is applied first (it replaces the whole model config), so
+    ``model.preset=gpt2-tiny model.n_layers=4`` means "gpt2-tiny with 4 layers" in any order.
+    """
+    if not isinstance(assignments, dict):
+        pairs = {}
+        for a in assignments:
+            if "=" not in a:
+                raise C.ConfigError(f"override {a!r} is not of the form key=value (e.g. train.lr=3e-4).")
+            k, v = a.split("=", 1)
+            pairs[k.strip()] = v.strip()
+        assignments = pairs
+    assignments = dict(assignments)
+    if "model.preset" in assignments:
+        cfg = cfg.replace(model=_preset(assignments.pop("model.preset")))
+    for key, value in assignments.items():
+        parts = key.split(".")
+        if parts[0] == "model" and len(parts) == 2:
+            fields = C.field_types(cfg.model)
+            if parts[1] not in fields:
+                raise C.ConfigError(f"unknown config key {key!r}{C.closest(parts[1], [*fields, 'preset'])}; "
+                                    f"model keys: preset, {', '.join(sorted(fields))}.")
+            try:
+                cfg = cfg.replace(model=C.override(cfg.model, {parts[1]: value}))
+            except C.ConfigError as e:
+                raise C.ConfigError(str(e).replace(repr(parts[1]), repr(key), 1)) from None
+        else:
+            cfg = C.override(cfg, {key: value})
+    return cfg
+
+
+def resolve(cfg: RunConfig) -> RunConfig:
+    """Fill what the task implies: BERT's task heads, seq_len within the model's max_len."""
+    m, t, d = cfg.model, cfg.train, cfg.data
+    fam = type(m).family
+    needs = {"causal_lm": ("gpt2", "llama"), "mlm": ("bert",), "seq2seq": ("transformer",),
+             "classification": ("bert",), "span": ("bert",)}[t.task]
+    if fam not in needs:
+        raise C.ConfigError(f"train.task={t.task!r} needs a {' or '.join(needs)} model, but model is {fam}; "
+                            f"set model.preset to a {needs[0]} preset (see `jaxlm models`).")
+    if fam == "bert":
+        head = {"mlm": "mlm", "classification": "classifier", "span": "span"}[t.task]
+        if tuple(m.heads) != (head,):
+            m = m.replace(heads=(head,))
+    if fam in ("gpt2", "bert") or (fam == "transformer" and m.pos_emb == "learned"):
+        for f, v in (("data.seq_len", d.seq_len), ("data.target_len", d.target_len)):
+            if v is not None and v > m.max_len:
+                raise C.ConfigError(f"{f}={v} exceeds model.max_len={m.max_len}; lower {f} or raise "
+                                    f"model.max_len.")
+    return cfg.replace(model=m)
+
+
+def load_experiment(path: str | Path) -> RunConfig:
+    """Import an experiment file and call its ``config()``."""
+    p = Path(path)
+    if not p.is_file():
+        raise C.ConfigError(f"experiment file {p} does not exist; give a path such as experiments/demo.py.")
+    spec = importlib.util.spec_from_file_location(f"jaxlm_experiment_{p.stem}", p)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if not hasattr(mod, "config"):
+        raise C.ConfigError(f"{p} defines no `config()` function returning a RunConfig.")
+    cfg = mod.config()
+    if not isinstance(cfg, RunConfig):
+        raise C.ConfigError(f"{p}: config() returned {type(cfg).__name__}, expected a RunConfig.")
+    return cfg
+
+
+def to_json(cfg: RunConfig) -> dict:
+    """``{"model": ..., "train": ..., "data": ..., "mesh": ...}``, each with its ``__class__`` tag."""
+    return {k: C.to_dict(getattr(cfg, k)) for k in ("model", "train", "data", "mesh")}
+
+
+def from_json(d: dict) -> RunConfig:
+    return RunConfig(**{k: C.from_dict(d[k]) for k in ("model", "train", "data", "mesh")})
+
+
+def save(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(to_json(cfg), indent=2, sort_keys=True) + "\n")
+
+
+def load(path: str | Path) -> RunConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} does not exist: not a jaxlm run directory?")
+    return from_json(json.loads(p.read_text()))

@@ -1,0 +1,103 @@
+"""Training tasks: each maps (params, batch, key) to the loss sums of :mod:`jaxlm.losses`.
+
+A :class:`Task` is called as ``task(params, batch, key, model_cfg, train)`` and returns a dict of sums
+(``loss``, ``nll``, ``correct``, ``weight``); :mod:`jaxlm.train.step` divides by the weight total. ``key``
+drives dropout (when ``train`` and dropout is enabled) and MLM masking.
+
+Batches (all arrays have a leading batch dim B):
+- ``causal_lm`` (GPT-2, LLaMA): ``inputs``, ``targets``, ``weights`` [B, T], optional ``segment_ids``,
+  ``positions`` [B, T] (packed documents; see :func:`jaxlm.data.packing.pack`).
+- ``mlm`` (BERT): ``tokens``, ``maskable`` [B, T], optional ``valid``, ``segment_ids``, ``positions``.
+- ``seq2seq`` (Transformer): ``src``, ``src_valid`` [B, S]; ``tgt_in``, ``tgt_out``, ``tgt_valid``,
+  ``weights`` [B, T].
+- ``classification`` (BERT + classifier): ``tokens``, ``valid`` [B, T], ``labels`` [B].
+- ``span`` (BERT + span head): ``tokens``, ``valid`` [B, T], ``start``, ``end`` [B].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import jax
+
+from jaxlm import losses
+from jaxlm.models import family_of
+
+
+@dataclass(frozen=True)
+class Task:
+    """A named loss function plus its options (hashable, so a step closing over it is cacheable)."""
+
+    name: str
+    fn: Callable = field(compare=False)
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+    dropout: bool = True
+    mlm_prob: float = 0.15
+    mask_id: int | None = None
+    random_low: int = 0  # MLM random replacements are drawn from [random_low, random_high)
+    random_high: int | None = None
+
+    def __call__(self, params: dict, batch: dict, key: jax.Array | None, model_cfg, train: bool = True) -> dict:
+        return self.fn(self, params, batch, key, model_cfg, train)
+
+    def dropout_key(self, key, train: bool):
+        return key if (train and self.dropout and key is not None) else None
+
+    def ce(self, logits, targets, weights=None):
+        return losses.cross_entropy(logits, targets, weights, label_smoothing=self.label_smoothing,
+                                    z_loss=self.z_loss)
+
+
+def _causal_lm(task: Task, params, batch, key, cfg, train):
+    logits = family_of(cfg).apply(params, batch["inputs"], cfg, positions=batch.get("positions"),
+                                  segment_ids=batch.get("segment_ids"), key=task.dropout_key(key, train))
+    return task.ce(logits, batch["targets"], batch.get("weights"))
+
+
+def _mlm(task: Task, params, batch, key, cfg, train):
+    if task.mask_id is None:
+        raise ValueError("the mlm task needs the tokenizer's mask token id (Task.mask_id).")
+    k_mask, k_drop = jax.random.split(key)
+    tokens = batch["tokens"]
+    corrupted, selected = losses.mlm_mask(k_mask, tokens, batch["maskable"], mask_id=task.mask_id,
+                                          vocab_size=task.random_high or cfg.vocab_size, prob=task.mlm_prob,
+                                          low=task.random_low)
+    out = family_of(cfg).apply(params, corrupted, cfg, valid=batch.get("valid"),
+                               positions=batch.get("positions"), segment_ids=batch.get("segment_ids"),
+                               key=task.dropout_key(k_drop, train))
+    return task.ce(out["mlm_logits"], tokens, selected)
+
+
+def _seq2seq(task: Task, params, batch, key, cfg, train):
+    logits = family_of(cfg).apply(params, batch["src"], batch["tgt_in"], cfg, src_valid=batch["src_valid"],
+                                  tgt_valid=batch.get("tgt_valid"), key=task.dropout_key(key, train))
+    return task.ce(logits, batch["tgt_out"], batch["weights"])
+
+
+def _classification(task: Task, params, batch, key, cfg, train):
+    out = family_of(cfg).apply(params, batch["tokens"], cfg, valid=batch.get("valid"),
+                               key=task.dropout_key(key, train))
+    return task.ce(out["logits"], batch["labels"])
+
+
+def _span(task: Task, params, batch, key, cfg, train):
+    out = family_of(cfg).apply(params, batch["tokens"], cfg, valid=batch.get("valid"),
+                               key=task.dropout_key(key, train))
+    return losses.span_loss(out["start_logits"], out["end_logits"], batch["start"], batch["end"],
+                            batch.get("valid"))
+
+
+TASKS: dict[str, Callable] = {"causal_lm": _causal_lm, "mlm": _mlm, "seq2seq": _seq2seq,
+                              "classification": _classification, "span": _span}
+
+
+def make_task(name: str, **options) -> Task:
+    """The task ``name`` (one of :data:`TASKS`) with options (label_smoothing, z_loss, dropout, mlm_prob,
+    mask_id, random_low, random_high)."""
+    if name not in TASKS:
+        from jaxlm.config import ConfigError, closest
+
+        raise ConfigError(f"unknown task {name!r}{closest(name, TASKS)}; tasks: {sorted(TASKS)}.")
+    return Task(name, TASKS[name], **options)
