@@ -1,0 +1,64 @@
+"""``jaxlm eval RUN_DIR``: evaluate a run's newest good checkpoint on its evaluation data.
+
+Prints loss, perplexity and accuracy (JSON with ``--json``). ``key=value`` overrides change the data or
+batch settings (e.g. ``data.eval_path=other.txt train.eval_batches=50``); the model and tokenizer are the run's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from jaxlm.config import ConfigError
+
+
+def evaluate_run(run_dir: str, overrides: list[str] = (), step: int | None = None) -> dict:
+    """Metrics (eval_loss, eval_nll, eval_ppl, eval_accuracy, eval_tokens) of a run's checkpoint on the
+    run's evaluation split, plus the checkpoint ``step``."""
+    import jax
+
+    from jaxlm.data import pipeline
+    from jaxlm.parallel import Parallel
+    from jaxlm.train import config as C
+    from jaxlm.train.checkpoint import load_run
+    from jaxlm.train.loop import evaluate
+    from jaxlm.train.step import make_eval_step
+    from jaxlm.train.tasks import make_task
+
+    loaded = load_run(run_dir, step=step)
+    run = C.apply_overrides(loaded.extra["run"], list(overrides))
+    if run.model != loaded.config:
+        raise ConfigError("jaxlm eval: model.* overrides are not allowed; the model is the run's.")
+    prep = pipeline.prepare(run, run_dir)  # the run's tokenizer.json is reused
+    if prep.eval is None:
+        raise ConfigError("the run has no evaluation data (data.eval_fraction=0 and no data.eval_path); "
+                          "set data.eval_path=FILE.")
+    task = make_task(run.train.task, **pipeline.task_options(run, prep))
+    par = Parallel({"data": 1, "fsdp": 1, "tensor": 1}, model_cfg=run.model, devices=jax.devices()[:1])
+    fn = par.compile_eval(make_eval_step(task, run.model), loaded.params)
+    out = evaluate(fn, loaded.params, prep.eval, run.train.batch_size, run.train.eval_batches, par)
+    return {"step": loaded.extra["step"], **out}
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="jaxlm eval", description=__doc__)
+    p.add_argument("run_dir", help="a jaxlm run directory")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of data.* / train.eval_batches etc.")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest good one)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    from jaxlm.data.text import DataError
+    from jaxlm.train.checkpoint import CheckpointError
+
+    try:
+        out = evaluate_run(args.run_dir, args.overrides, args.step)
+    except (ConfigError, DataError, FileNotFoundError, CheckpointError) as e:
+        print(f"jaxlm eval: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"{args.run_dir} step {out['step']}: " + ", ".join(
+            f"{k.removeprefix('eval_')} {v:.4f}" for k, v in out.items() if k != "step"))
+    return 0

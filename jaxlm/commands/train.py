@@ -1,0 +1,49 @@
+"""``jaxlm train EXPERIMENT.py [key=value ...] --run-dir DIR``: train a run, or resume it.
+
+Rerunning the same command with an existing ``--run-dir`` resumes from its newest good checkpoint (exactly:
+the same batches and random numbers as an uninterrupted run). SIGTERM / Ctrl-C save a checkpoint and stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jaxlm.config import ConfigError
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="jaxlm train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Overrides are typed and checked, e.g. train.steps=200 train.lr=1e-3 train.batch_size=32 "
+               "data.path=corpus.txt model.preset=gpt2-tiny model.n_layers=4 mesh.data=2.")
+    p.add_argument("experiment", help="experiment file defining config() -> RunConfig")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    p.add_argument("--run-dir", required=True, help="where config, tokenizer, checkpoints and metrics go")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    from jaxlm.data.text import DataError
+    from jaxlm.train import config as C
+    from jaxlm.train.loop import TrainingError, train
+
+    try:
+        run = C.apply_overrides(C.load_experiment(args.experiment), args.overrides)
+        out = train(run, args.run_dir, quiet=args.quiet)
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        print(f"jaxlm train: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingError as e:
+        print(f"jaxlm train: error: {e}", file=sys.stderr)
+        return 1
+    if out["interrupted"]:
+        return 130 if out["interrupted"] == "SIGINT" else 143
+    ev = out["last_eval"] or {}
+    loss = out["loss"]
+    print(f"done: step {out['step']}" + (f", train loss {loss:.4f}" if loss is not None else "")
+          + "".join(f", {k} {v:.4f}" for k, v in ev.items() if k in ("eval_loss", "eval_ppl", "eval_accuracy"))
+          + f"; run directory {out['run_dir']}")
+    return 0

@@ -1,0 +1,194 @@
+"""Orbax checkpoints of a run, and :func:`load_run` for inference / evaluation / fine-tuning.
+
+Layout of a run directory::
+
+    RUN_DIR/config.json        the resolved RunConfig ("model", "train", "data", "mesh")
+    RUN_DIR/tokenizer.json     the tokenizer the run was trained with
+    RUN_DIR/checkpoints/<step>/{params,train,meta}   one Orbax checkpoint per saved step
+    RUN_DIR/metrics.jsonl, loss.png, tb/
+
+Each checkpoint holds three items: ``params`` (the parameter tree), ``train`` (optimizer state, step
+counter and the raw RNG key) and ``meta`` (JSON: the update step, the data position, the metrics at that
+step). The data order is a function of (seed, step), so (state, step) is everything an exact resume needs.
+
+Safety: Orbax writes each checkpoint into a temporary directory and renames it when complete, so a run
+killed mid-save leaves no half-written ``<step>`` directory (the temporary one is reported and removed).
+A checkpoint that fails to restore (truncated or missing files) is reported, moved to
+``RUN_DIR/checkpoints-corrupt/<step>`` and the next newer-to-older one is tried. The loop never saves a
+state whose loss was NaN/inf, so no good checkpoint is ever replaced by a broken one.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+CORRUPT = "checkpoints-corrupt"
+
+
+def _ocp():
+    import orbax.checkpoint as ocp
+
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax info/warnings are noise here
+    return ocp
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint where one was required."""
+
+
+class Checkpointer:
+    """An Orbax ``CheckpointManager`` for ``RUN_DIR/checkpoints``: async saves, keep the last
+    ``keep_checkpoints`` plus the best by ``best_metric`` (when set), restore with corruption fallback."""
+
+    def __init__(self, run_dir: str | Path, keep: int = 3, best_metric: str = "", best_mode: str = "min",
+                 async_save: bool = True, read_only: bool = False, report=print):
+        ocp = _ocp()
+        self.run_dir = Path(run_dir)
+        self.dir = (self.run_dir / CHECKPOINTS).absolute()
+        self.report = report
+        self.best_metric = best_metric
+        self._report_partial()
+        pp = ocp.checkpoint_managers
+        policies = [pp.LatestN(n=keep)]
+        if best_metric:
+            policies.append(pp.BestN(get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min", n=1,
+                                     keep_checkpoints_without_metrics=False))
+        opts = ocp.CheckpointManagerOptions(
+            preservation_policy=pp.AnyPreservationPolicy(policies), enable_async_checkpointing=async_save,
+            create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
+        self.manager = ocp.CheckpointManager(self.dir, options=opts)
+
+    def _report_partial(self) -> None:
+        if self.dir.is_dir():
+            for p in sorted(self.dir.iterdir()):
+                if p.is_dir() and "tmp" in p.name:
+                    self.report(f"checkpoint: {p.name} is a partial (unfinished) save; ignored and removed.")
+
+    # --------------------------------------------------------------------------------------------------
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, state, meta: dict, metrics: dict | None = None) -> bool:
+        """Start saving ``state`` (a plain-layout TrainState) at update ``step`` (async unless disabled).
+        Returns False (and saves nothing) when that step is already saved."""
+        ocp = _ocp()
+        if step in self.manager.all_steps():
+            return False
+        rest = {"opt_state": state.opt_state, "step": state.step, "rng": state.rng}
+        metrics = {k: float(v) for k, v in (metrics or {}).items()
+                   if k == self.best_metric and np.isfinite(v)} or None
+        self.manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(state.params),
+                                                        train=ocp.args.StandardSave(rest),
+                                                        meta=ocp.args.JsonSave(dict(meta, step=step))),
+                          metrics=metrics)
+        return True
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+    # --------------------------------------------------------------------------------------------------
+    def _quarantine(self, step: int, err: Exception) -> None:
+        src = self.dir / str(step)
+        dst = self.run_dir / CORRUPT / str(step)
+        self.report(f"checkpoint: step {step} in {src} cannot be restored ({type(err).__name__}: "
+                    f"{str(err).splitlines()[0][:200]}); moved to {dst}, trying an older one.")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.exists():
+            shutil.rmtree(dst)
+        if src.exists():
+            shutil.move(str(src), str(dst))
+        self.manager.reload()
+
+    def restore(self, abstract_state, step: int | None = None) -> tuple[Any, dict] | None:
+        """Restore the newest good checkpoint (or ``step``) into ``abstract_state`` (a TrainState of
+        ``ShapeDtypeStruct`` with the target shardings). Returns (state, meta) or None when there is none.
+        Unreadable checkpoints are reported, moved aside, and older ones tried."""
+        ocp = _ocp()
+        a = abstract_state
+        rest = {"opt_state": a.opt_state, "step": a.step, "rng": a.rng}
+        candidates = [step] if step is not None else list(reversed(self.steps()))
+        for s in candidates:
+            try:
+                out = self.manager.restore(s, args=ocp.args.Composite(
+                    params=ocp.args.StandardRestore(a.params), train=ocp.args.StandardRestore(rest),
+                    meta=ocp.args.JsonRestore()))
+                meta = dict(out["meta"])
+                _check_finite(out["params"], s)
+            except Exception as e:  # noqa: BLE001 - any failure to read means this checkpoint is unusable
+                if step is not None:
+                    raise CheckpointError(f"checkpoint step {s} in {self.dir} cannot be restored: {e}") from e
+                self._quarantine(s, e)
+                continue
+            tr = out["train"]
+            return a.replace(params=out["params"], opt_state=tr["opt_state"], step=tr["step"], rng=tr["rng"]), meta
+        return None
+
+    def restore_params(self, abstract_params, step: int | None = None) -> tuple[Any, int]:
+        """Only the parameters (inference, evaluation, fine-tuning): (params, step), newest good step by
+        default. Raises CheckpointError when none can be read."""
+        ocp = _ocp()
+        candidates = [step] if step is not None else list(reversed(self.steps()))
+        if not candidates:
+            raise CheckpointError(f"{self.dir} holds no checkpoint; train the run first (jaxlm train ...).")
+        errors = []
+        for s in candidates:
+            try:
+                out = self.manager.restore(s, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
+                _check_finite(out["params"], s)
+                return out["params"], s
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"step {s}: {type(e).__name__}: {str(e).splitlines()[0][:160]}")
+                self.report(f"checkpoint: step {s} cannot be restored; trying an older one.")
+        raise CheckpointError(f"no checkpoint in {self.dir} can be restored: " + "; ".join(errors))
+
+
+def _check_finite(params, step: int) -> None:
+    bad = [k for k, v in jax.tree_util.tree_leaves_with_path(params)
+           if np.issubdtype(np.dtype(v.dtype), np.floating) and not bool(np.isfinite(np.asarray(v)).all())]
+    if bad:
+        raise ValueError(f"checkpoint step {step} holds non-finite parameters at {jax.tree_util.keystr(bad[0])}")
+
+
+def load_run(run_dir: str | Path, step: int | None = None, dtype: str | None = None, **_: Any):
+    """A trained run as :class:`jaxlm.pretrained.Loaded`: family module, model Config, params (newest good
+    checkpoint, or ``step``), ``tokenizers.Tokenizer`` (or None) and ``extra`` = {"run": RunConfig,
+    "step": int, "specials": {pad, bos, eos, unk, mask ids}}. ``dtype`` casts floating params."""
+    from jaxlm import params as P
+    from jaxlm.models import family_of
+    from jaxlm.pretrained import Loaded
+    from jaxlm.train import config as C
+
+    run_dir = Path(run_dir)
+    run = C.load(run_dir / "config.json")
+    cfg = run.model
+    family = family_of(cfg)
+    ck = Checkpointer(run_dir, read_only=True, report=lambda m: log.warning(m))
+    try:
+        params, s = ck.restore_params(P.abstract(family.spec(cfg)), step)
+    finally:
+        ck.manager.close()
+    if dtype is not None:
+        import jax.numpy as jnp
+
+        params = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+    tok, specials = None, {}
+    if (run_dir / "tokenizer.json").is_file():
+        from jaxlm.data import text
+
+        tok = text.load_tokenizer(run_dir / "tokenizer.json")
+        specials = text.special_ids(tok)
+    return Loaded(family=family, config=cfg, params=params, tokenizer=tok, source=str(run_dir),
+                  extra={"run": run, "step": s, "specials": specials})
