@@ -127,9 +127,9 @@ def layers(params: dict, cfg) -> list[dict]:
         if c == cfg and len(refs) == len(stacked) and all(r() is a for r, a in zip(refs, stacked)):
             return split
     split = _split_jit(params, cfg)
-    try:
+    if all(isinstance(a, jax.Array) for a in stacked):  # immutable, so identity means same values
         _LAST[:] = [(tuple(weakref.ref(a) for a in stacked), cfg, split)]
-    except TypeError:  # leaves that cannot be weakly referenced: no reuse
+    else:  # e.g. numpy arrays, which may change in place: no reuse
         _LAST.clear()
     return split
 

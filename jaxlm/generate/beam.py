@@ -52,11 +52,10 @@ def length_penalty(length: jax.Array | int, alpha: jax.Array | float) -> jax.Arr
     return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
 
-def _run(params, layers, tokens, lengths, alpha, *, cfg, W, N, cache_len, stop):
+def _run(params, layers, tokens, lengths, alpha, stop_arr, *, cfg, W, N, cache_len):
     B, V = tokens.shape[0], cfg.vocab_size
     logits, cache, ctx = adapters.prefill(params, cfg, tokens, lengths, cache_len)
     cache, ctx = adapters.repeat(cache, ctx, W)  # [B] -> [B * W]: every beam starts from the prompt
-    stop_arr = jnp.asarray(stop, jnp.int32)
     rows = jnp.arange(B)[:, None] * W  # [B, 1] first flat row of each example
     take = jax.vmap(lambda a, i: a[i])  # per-example gather along the beam axis
 
@@ -68,7 +67,7 @@ def _run(params, layers, tokens, lengths, alpha, *, cfg, W, N, cache_len, stop):
         origin, tok = top_idx // V, top_idx % V
         seq = jax.lax.dynamic_update_slice_in_dim(take(s["alive_seq"], origin), tok[:, :, None], i, axis=2)
         valid = top_lp > _NEG / 2
-        is_stop = jnp.isin(tok, stop_arr) if stop else jnp.zeros_like(valid)
+        is_stop = jnp.isin(tok, stop_arr)  # stop_arr: ids padded with -1
         # finished: keep the W best of (previous finished, new hypotheses ending in a stop token)
         f_score = jnp.where(valid & is_stop, top_lp / length_penalty(i + 1, alpha), _NEG)
         all_score = jnp.concatenate([s["fin_score"], f_score], 1)
@@ -113,8 +112,8 @@ def _run(params, layers, tokens, lengths, alpha, *, cfg, W, N, cache_len, stop):
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(cfg, W: int, N: int, cache_len: int, stop: tuple[int, ...]):
-    return jax.jit(functools.partial(_run, cfg=cfg, W=W, N=N, cache_len=cache_len, stop=stop))
+def _compiled(cfg, W: int, N: int, cache_len: int):
+    return jax.jit(functools.partial(_run, cfg=cfg, W=W, N=N, cache_len=cache_len))
 
 
 def beam_search(
@@ -144,9 +143,9 @@ def beam_search(
     batch = inputs.prepare(prompts, cfg, max_new_tokens)
     stop = inputs.stop_ids(cfg, stop_tokens, eos_id)
     S = inputs.cache_len(batch, cfg, max_new_tokens, max_len)
-    run = _compiled(cfg, int(beam_size), int(max_new_tokens), S, stop)
+    run = _compiled(cfg, int(beam_size), int(max_new_tokens), S)
     res = run(params, adapters.layers(params, cfg), jnp.asarray(batch.tokens), jnp.asarray(batch.lengths),
-              jnp.float32(length_penalty))
+              jnp.float32(length_penalty), inputs.stop_array(stop))
     score, seq, lp, length, stopped = (np.asarray(a) for a in res)
     out = BeamOutput([], [], [], [], [])
     for b in range(score.shape[0]):

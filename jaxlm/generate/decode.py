@@ -43,25 +43,24 @@ class GenerateOutput:
     logits: np.ndarray | None = None
 
 
-def _state_init(params, tokens, lengths, key, temperature, top_p, *, cfg, sampler, n_new, cache_len, stop,
+def _state_init(params, tokens, lengths, key, temperature, top_p, stop, *, cfg, sampler, n_new, cache_len,
                 return_logits):
     logits, cache, ctx = adapters.prefill(params, cfg, tokens, lengths, cache_len)
     B = tokens.shape[0]
     tok = sampling.sample(logits, jax.random.fold_in(key, 0), sampler, temperature, top_p)
-    stop_arr = jnp.asarray(stop, jnp.int32)
     state = {
         "i": jnp.array(1, jnp.int32),  # tokens produced so far
         "tok": tok,  # [B] the last token
-        "done": jnp.isin(tok, stop_arr) if stop else jnp.zeros((B,), bool),  # [B]
+        "done": jnp.isin(tok, stop),  # [B]; stop: [n] ids padded with -1
         "out": jnp.full((B, n_new), cfg.pad_id, jnp.int32).at[:, 0].set(tok),  # [B, N]
-        "cache": cache, "ctx": ctx, "key": key, "temperature": temperature, "top_p": top_p,
+        "cache": cache, "ctx": ctx, "key": key, "temperature": temperature, "top_p": top_p, "stop": stop,
     }
     if return_logits:
         state["logits"] = jnp.zeros((B, n_new, cfg.vocab_size), jnp.float32).at[:, 0].set(logits)
     return state
 
 
-def _state_body(params, layers, state, *, cfg, sampler, stop):
+def _state_body(params, layers, state, *, cfg, sampler):
     i = state["i"]
     logits, cache = adapters.step(params, layers, cfg, state["tok"], i - 1, state["cache"], state["ctx"])
     tok = sampling.sample(logits, jax.random.fold_in(state["key"], i), sampler, state["temperature"],
@@ -69,23 +68,21 @@ def _state_body(params, layers, state, *, cfg, sampler, stop):
     tok = jnp.where(state["done"], cfg.pad_id, tok)  # finished rows emit padding
     new = dict(state, i=i + 1, tok=tok, cache=cache,
                out=jax.lax.dynamic_update_slice_in_dim(state["out"], tok[:, None], i, axis=1))
-    if stop:
-        new["done"] = state["done"] | jnp.isin(tok, jnp.asarray(stop, jnp.int32))
+    new["done"] = state["done"] | jnp.isin(tok, state["stop"])
     if "logits" in state:
         new["logits"] = jax.lax.dynamic_update_slice_in_dim(state["logits"], logits[:, None], i, axis=1)
     return new
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(cfg, sampler: sampling.Sampler, n_new: int, cache_len: int, stop: tuple[int, ...],
-              return_logits: bool):
+def _compiled(cfg, sampler: sampling.Sampler, n_new: int, cache_len: int, return_logits: bool):
     """Jitted (run, init, body) for one static setting; cached so repeated calls reuse the compilation."""
     init = functools.partial(_state_init, cfg=cfg, sampler=sampler, n_new=n_new, cache_len=cache_len,
-                             stop=stop, return_logits=return_logits)
-    body = functools.partial(_state_body, cfg=cfg, sampler=sampler, stop=stop)
+                             return_logits=return_logits)
+    body = functools.partial(_state_body, cfg=cfg, sampler=sampler)
 
-    def run(params, layers, tokens, lengths, key, temperature, top_p):
-        state = init(params, tokens, lengths, key, temperature, top_p)
+    def run(params, layers, tokens, lengths, key, temperature, top_p, stop):
+        state = init(params, tokens, lengths, key, temperature, top_p, stop)
         state = jax.lax.while_loop(lambda s: (s["i"] < n_new) & ~jnp.all(s["done"]),
                                    lambda s: body(params, layers, s), state)
         return state["out"], state["i"], state.get("logits")
@@ -132,9 +129,9 @@ def generate(
     """
     batch, sampler, stop, S, (temp, tp) = _setup(params, cfg, prompts, max_new_tokens, temperature, top_k,
                                                  top_p, greedy, stop_tokens, max_len)
-    run, *_ = _compiled(cfg, sampler, int(max_new_tokens), S, stop, bool(return_logits))
+    run, *_ = _compiled(cfg, sampler, int(max_new_tokens), S, bool(return_logits))
     out, n, logits = run(params, adapters.layers(params, cfg), jnp.asarray(batch.tokens),
-                         jnp.asarray(batch.lengths), jax.random.key(seed), temp, tp)
+                         jnp.asarray(batch.lengths), jax.random.key(seed), temp, tp, inputs.stop_array(stop))
     out, n = np.asarray(out), int(n)
     tokens, stopped = [], []
     for row in out[:, :n]:
@@ -175,9 +172,10 @@ def stream(
         prompt = arr.tolist()
     batch, sampler, stop, S, (temp, tp) = _setup(params, cfg, [list(prompt)], max_new_tokens, temperature,
                                                  top_k, top_p, greedy, stop_tokens, max_len)
-    _, init, body = _compiled(cfg, sampler, int(max_new_tokens), S, stop, False)
+    _, init, body = _compiled(cfg, sampler, int(max_new_tokens), S, False)
     layers = adapters.layers(params, cfg)  # per-layer weights, split outside the per-token step
-    state = init(params, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths), jax.random.key(seed), temp, tp)
+    state = init(params, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths), jax.random.key(seed), temp, tp,
+                 inputs.stop_array(stop))
     for i in range(int(max_new_tokens)):
         if i:
             state = body(params, layers, state)

@@ -97,9 +97,10 @@ def prepare(prompts, cfg, max_new_tokens: int) -> Batch:
                              f"use max_new_tokens <= {C}.")
     else:
         if longest > C:
+            keep = max(C - max_new_tokens, 1)
             raise ValueError(f"prompt {int(lengths.argmax())} has {longest} tokens, longer than the model's "
-                             f"context max_len={C}: keep its last {C - max_new_tokens} tokens "
-                             f"(prompt + max_new_tokens must fit in {C}).")
+                             f"context max_len={C}: keep its last {keep} tokens and use max_new_tokens <= "
+                             f"{C - keep} (prompt + max_new_tokens must fit in {C}).")
         if longest + max_new_tokens > C:
             raise ValueError(f"prompt of {longest} tokens + max_new_tokens={max_new_tokens} = "
                              f"{longest + max_new_tokens} exceeds the model's context max_len={C}: lower "
@@ -130,6 +131,15 @@ def stop_ids(cfg, stop_tokens: Iterable[int] | int | None, eos_id: int | None = 
         ids.add(int(cfg.eos_id))
     check_ids(np.array(sorted(ids), np.int64), cfg.vocab_size, "stop_tokens")
     return tuple(sorted(ids))
+
+
+def stop_array(stop: tuple[int, ...]) -> np.ndarray:
+    """Stop ids as an int32 array padded with -1 (never a token) to at least 4 entries / a power of two: the
+    ids are a traced argument, so different stop sets of similar size share one compiled program."""
+    n = max(4, 1 << (len(stop) - 1).bit_length()) if stop else 4
+    out = np.full((n,), -1, np.int32)
+    out[: len(stop)] = stop
+    return out
 
 
 def cache_len(batch: Batch, cfg, max_new_tokens: int, max_len: int | None) -> int:

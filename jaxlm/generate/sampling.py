@@ -59,10 +59,18 @@ def filter_logits(logits: jax.Array, sampler: Sampler, temperature: jax.Array, t
     return logits
 
 
+def argmax(logits: jax.Array) -> jax.Array:
+    """[B, V] -> [B] int32, the first index of the maximum (as ``jnp.argmax``). Two plain reductions: XLA:CPU
+    runs ``jnp.argmax``'s paired (value, index) reduction ~8x slower, 0.3 ms per token at batch 8 x 8192."""
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    iota = jnp.arange(logits.shape[-1], dtype=jnp.int32)
+    return jnp.min(jnp.where(logits == top, iota, logits.shape[-1]), axis=-1).astype(jnp.int32)
+
+
 def sample(logits: jax.Array, key: jax.Array, sampler: Sampler, temperature: jax.Array,
            top_p: jax.Array) -> jax.Array:
     """logits [B, V] -> token ids [B] int32."""
     if sampler.greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return argmax(logits)
     logits = filter_logits(logits, sampler, temperature, top_p)
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from jaxlm import pretrained
 from jaxlm.commands import generate as cli
 from jaxlm.convert import hf
-from jaxlm.generate import beam_search, generate
+from jaxlm.generate import beam_search, stream
 from jaxlm.models import get
 
 PROMPT = "the quick brown fox"
@@ -43,12 +43,12 @@ def _run(capsys, argv):
 def test_cli_streams_what_generate_returns(hf_dir, loaded, capsys):
     ids = loaded.tokenizer.encode(PROMPT).ids
     tok = loaded.tokenizer
-    greedy = generate(loaded.params, loaded.config, [ids], max_new_tokens=8, greedy=True).tokens[0]
+    # the CLI streams; stream == generate is tested in tests/test_generate.py
+    greedy = list(stream(loaded.params, loaded.config, ids, max_new_tokens=8, greedy=True))
     rc, out, err = _run(capsys, [str(hf_dir), "--prompt", PROMPT, "--greedy", "--max-new-tokens", "8"])
     assert rc == 0, err
     assert out == PROMPT + tok.decode(greedy) + "\n"
-    sampled = generate(loaded.params, loaded.config, [ids], max_new_tokens=8, temperature=0.7, top_k=20,
-                       seed=5).tokens[0]
+    sampled = list(stream(loaded.params, loaded.config, ids, max_new_tokens=8, temperature=0.7, top_k=20, seed=5))
     rc, out, _ = _run(capsys, [str(hf_dir), "--prompt", PROMPT, "--temperature", "0.7", "--top-k", "20",
                                "--seed", "5", "--max-new-tokens", "8"])
     assert rc == 0 and out == PROMPT + tok.decode(sampled) + "\n"
