@@ -1,0 +1,373 @@
+"""Training speed: jaxlm's real training step against PyTorch peers, side by side on this machine.
+
+jaxlm runs the step ``jaxlm train`` runs: ``train.tasks.Task("causal_lm").loss`` -> ``train.step.make_train_step``
+-> ``parallel.Parallel.compile`` (one ``jax.jit``, state donated), AdamW from ``train.optim.make_optimizer``.
+Peers: Hugging Face ``GPT2LMHeadModel`` (random init from a ``GPT2Config``, no download; eager) and the plain
+PyTorch GPT of ``benchmarks/torch_gpt.py`` (eager and ``torch.compile``), ``torch.optim.AdamW``.
+Same model on every side: GPT-2 architecture, 6 layers, 6 heads, d_model 384, d_ff 1536, vocab 8192 (or
+50,257), sequence 256, batch 8, float32, no dropout, AdamW (lr 3e-4, wd 0.01), no gradient clipping.
+
+Each implementation runs in its own subprocess (so peak RSS is per implementation and nothing is shared), and
+the subprocesses are interleaved in rounds (jaxlm, hf, torch, torch-compile, jaxlm, ...) so that machine load
+hits every implementation alike. Per round: ``--warmup`` steps (the first includes compilation), then
+``--steps`` timed steps; tokens/s is reported as the median over all timed steps of all rounds, with the
+interquartile spread.
+
+MFU = achieved model FLOP/s / peak, with model FLOPs per trained token (PaLM appendix B convention, causal
+attention counted in full, embedding lookups, norms, biases and the optimizer not counted):
+
+    flops_per_token = 6 * N + 12 * L * T * d_model,   N = L * (4 * d_model^2 + 2 * d_model * d_ff) + V * d_model
+
+(N = weights used in matmuls: q, k, v, o, the FFN and the tied LM head.) The peak is the float32 matmul
+throughput of a jitted 4096 x 4096 @ 4096 x 4096 ``jnp.dot`` measured in its own subprocess in the same run
+(best of before/after the training rounds).
+
+    python benchmarks/train.py                         # the main table (vocab 8192)
+    python benchmarks/train.py --vocab 50257
+    python benchmarks/train.py --impls jaxlm jaxlm:attn_impl=flash ...   # levers, one by one
+    python benchmarks/train.py --depth                 # compile time vs depth, scan vs unrolled
+    python benchmarks/train.py --memory                # peak RSS at 24 layers, remat on/off
+
+An implementation name ``jaxlm:k=v,k=v`` overrides model-config fields (``attn_impl``, ``remat``,
+``scan_layers``, ``n_layers``) for that run. Results are printed as a markdown table (and written into the
+``## Training`` section of benchmarks/RESULTS.md with ``--write``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+MODEL = dict(d_model=384, n_heads=6, n_layers=6, d_ff=1536)
+LR, WD = 3e-4, 0.01
+
+
+# ------------------------------------------------------------------------------------------ the workers --
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _batch(args):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    toks = rng.integers(0, args.vocab, (args.batch, args.seq + 1), dtype=np.int32)
+    return toks[:, :-1], toks[:, 1:]
+
+
+def _time_steps(run, args) -> dict:
+    """run() performs one step and blocks until it is done. First call = compile + step."""
+    t0 = time.perf_counter()
+    run()
+    first = time.perf_counter() - t0
+    for _ in range(args.warmup - 1):
+        run()
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return {"first_s": first, "times": times}
+
+
+def worker_jaxlm(args, overrides: dict) -> dict:
+    xent = overrides.pop("xent", "plain")
+    import jax
+    import jax.numpy as jnp
+
+    from jaxlm.models import gpt2
+    from jaxlm.parallel import Parallel
+    from jaxlm.train import optim, tasks
+    from jaxlm.train.config import TrainConfig
+    from jaxlm.train.state import create_state
+    from jaxlm.train.step import make_train_step
+
+    mc = dict(MODEL, vocab_size=args.vocab, max_len=args.seq, dropout=0.0, attn_dropout=0.0)
+    mc.update(overrides)
+    cfg = gpt2.Config(**mc)
+    tc = TrainConfig(lr=LR, schedule="constant", warmup_steps=0, weight_decay=WD, clip_norm=None)
+    optimizer = optim.make_optimizer(tc, cfg)
+    task = tasks.make_task("causal_lm")
+    if xent == "fused":  # same loss, computed by jaxlm.nn.xent without materialising the logits
+        from jaxlm.nn import xent as fused
+
+        task = tasks.Task("causal_lm", fused.causal_lm_task_fn)
+    par = Parallel(None, model_cfg=cfg, batch_size=args.batch)
+    state = par.init_state(create_state, jax.random.key(0), cfg, optimizer)
+    step = par.compile(make_train_step(task, cfg, optimizer), state)
+    x, y = _batch(args)
+    B, T = x.shape
+    batch = par.place_batch({"inputs": x, "targets": y, "weights": jnp.ones((B, T), jnp.float32),
+                             "segment_ids": jnp.ones((B, T), jnp.int32),
+                             "positions": jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))})
+    box = {"state": state}
+    compile_s, fn = None, step
+    if args.split_compile:  # ahead-of-time lower + compile, timed alone; then run that executable
+        from jaxlm import sharding
+
+        t0 = time.perf_counter()
+        with sharding.use_mesh(par.mesh, par.rules):
+            fn = step.jitted.lower(state, batch).compile()
+        compile_s = time.perf_counter() - t0
+
+    def run():
+        box["state"], m = fn(box["state"], batch)
+        box["loss"] = float(m["loss"])  # blocks until the step is done
+
+    out = _time_steps(run, args)
+    out.update(loss=box["loss"], compile_s=compile_s)
+    return out
+
+
+def _torch_setup(args, which: str):
+    import torch
+
+    torch.manual_seed(0)
+    x, y = (torch.from_numpy(a.astype("int64")) for a in _batch(args))
+    if which == "hf":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        hc = GPT2Config(vocab_size=args.vocab, n_positions=args.seq, n_embd=MODEL["d_model"],
+                        n_layer=args.layers or MODEL["n_layers"], n_head=MODEL["n_heads"], n_inner=MODEL["d_ff"],
+                        activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        model = GPT2LMHeadModel(hc).train()
+
+        def loss_fn():
+            # HF shifts labels inside: same [B, T] inputs (same compute), T - 1 targets per row
+            return model(input_ids=x, labels=x).loss
+    else:
+        sys.path.insert(0, str(HERE))
+        from torch_gpt import GPT
+
+        model = GPT(args.vocab, args.seq, MODEL["d_model"], MODEL["n_heads"], args.layers or MODEL["n_layers"],
+                    MODEL["d_ff"]).train()
+        fwd = torch.compile(model) if which == "torch-compile" else model
+
+        def loss_fn():
+            return fwd(x, y)
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": WD}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=LR)
+    return model, opt, loss_fn
+
+
+def worker_torch(args, which: str) -> dict:
+    import torch
+
+    model, opt, loss_fn = _torch_setup(args, which)
+    box = {}
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+        box["loss"] = float(loss)
+
+    out = _time_steps(run, args)
+    out.update(loss=box["loss"], threads=torch.get_num_threads())
+    return out
+
+
+def worker_peak(args) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    n = 4096
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    f = jax.jit(jnp.dot)
+    f(a, b).block_until_ready()
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        f(a, b).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return {"gflops": 2 * n**3 / min(times) / 1e9, "times": times}
+
+
+def worker(args) -> dict:
+    impl = args.worker
+    if impl == "peak":
+        out = worker_peak(args)
+    elif impl.startswith("jaxlm"):
+        overrides = _overrides(impl)
+        if args.layers:
+            overrides.setdefault("n_layers", args.layers)
+        out = worker_jaxlm(args, overrides)
+    else:
+        out = worker_torch(args, impl)
+    out.update(impl=impl, rss_mb=_rss_mb())
+    return out
+
+
+def _overrides(impl: str) -> dict:
+    out = {}
+    if ":" in impl:
+        for kv in impl.split(":", 1)[1].split(","):
+            k, v = kv.split("=")
+            out[k] = {"true": True, "false": False}.get(v.lower(), int(v) if v.isdigit() else v)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- the driver --
+def spawn(impl: str, args, **extra) -> dict:
+    cmd = [sys.executable, __file__, "--worker", impl, "--vocab", str(args.vocab), "--seq", str(args.seq),
+           "--batch", str(args.batch), "--steps", str(extra.get("steps", args.steps)),
+           "--warmup", str(extra.get("warmup", args.warmup))]
+    if extra.get("layers"):
+        cmd += ["--layers", str(extra["layers"])]
+    if extra.get("split_compile"):
+        cmd += ["--split-compile"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+    if p.returncode != 0:
+        err = (p.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"  {impl}: FAILED ({err})", file=sys.stderr)
+        return {"impl": impl, "error": err, "stderr": p.stderr[-4000:]}
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    out["wall_s"] = time.perf_counter() - t0
+    return out
+
+
+def flops_per_token(vocab: int, layers: int, seq: int) -> float:
+    d, f = MODEL["d_model"], MODEL["d_ff"]
+    n = layers * (4 * d * d + 2 * d * f) + vocab * d
+    return 6 * n + 12 * layers * seq * d
+
+
+def quartiles(xs):
+    q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
+    return q[0], statistics.median(xs), q[2]
+
+
+def speed_table(args) -> str:
+    peaks = [spawn("peak", args)]
+    runs: dict[str, list[dict]] = {i: [] for i in args.impls}
+    for r in range(args.rounds):
+        order = args.impls if r % 2 == 0 else args.impls[::-1]
+        for impl in order:
+            res = spawn(impl, args)
+            runs[impl].append(res)
+            if "error" not in res:
+                tps = args.batch * args.seq / statistics.median(res["times"])
+                print(f"  round {r}: {impl:40s} {tps:8.0f} tok/s  first step {res['first_s']:.1f}s "
+                      f"rss {res['rss_mb']:.0f} MB", file=sys.stderr)
+    peaks.append(spawn("peak", args))
+    peak = max(p["gflops"] for p in peaks if "gflops" in p)
+    fpt = flops_per_token(args.vocab, MODEL["n_layers"], args.seq)
+    rows, best_torch, res_tps = [], 0.0, {}
+    for impl, rs in runs.items():
+        ok = [r for r in rs if "error" not in r]
+        if not ok:
+            rows.append((impl, None, rs[0]["error"]))
+            continue
+        tps = [args.batch * args.seq / t for r in ok for t in r["times"]]
+        lo, med, hi = quartiles(tps)
+        first = statistics.median(r["first_s"] for r in ok)
+        step = statistics.median(t for r in ok for t in r["times"])
+        res_tps[impl] = med
+        if not impl.startswith("jaxlm"):
+            best_torch = max(best_torch, med)
+        rows.append((impl, (lo, med, hi, len(tps), first - step, max(r["rss_mb"] for r in ok),
+                            statistics.median(r["loss"] for r in ok)), None))
+    lines = [f"float32 matmul peak (jitted 4096^3 jnp.dot, best of 2 runs): **{peak:.0f} GFLOP/s**; "
+             f"model FLOPs/token = {fpt / 1e6:.1f} M",
+             "",
+             "| implementation | tokens/s median | IQR | steps | MFU | vs fastest PyTorch | compile / first-step "
+             "overhead (s) | peak RSS (MB) | loss after run |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for impl, v, err in rows:
+        if v is None:
+            lines.append(f"| {impl} | failed: {err} | | | | | | | |")
+            continue
+        lo, med, hi, n, comp, rss, loss = v
+        mfu = med * fpt / (peak * 1e9)
+        ratio = f"{med / best_torch:.2f}x" if best_torch else "-"
+        lines.append(f"| {impl} | {med:,.0f} | {lo:,.0f}–{hi:,.0f} | {n} | {mfu:.1%} | {ratio} | {comp:.1f} | "
+                     f"{rss:,.0f} | {loss:.3f} |")
+    return "\n".join(lines)
+
+
+def depth_table(args) -> str:
+    lines = ["| layers | scan: compile (s) | unrolled: compile (s) | scan: step (s) | unrolled: step (s) |",
+             "|---:|---:|---:|---:|---:|"]
+    for n in args.depths:
+        cells = {}
+        for scan in (True, False):
+            res = spawn(f"jaxlm:scan_layers={str(scan).lower()}", args, layers=n, steps=2, warmup=1,
+                        split_compile=True)
+            cells[scan] = res
+            print(f"  depth {n} scan={scan}: {res.get('compile_s')}", file=sys.stderr)
+
+        def c(r):
+            return "failed" if "error" in r else f"{r['compile_s']:.1f}"
+
+        def s(r):
+            return "failed" if "error" in r else f"{statistics.median(r['times']):.2f}"
+
+        lines.append(f"| {n} | {c(cells[True])} | {c(cells[False])} | {s(cells[True])} | {s(cells[False])} |")
+    return "\n".join(lines)
+
+
+def memory_table(args) -> str:
+    lines = ["| model (24 layers) | remat | peak RSS (MB) | step (s) |", "|---|---|---:|---:|"]
+    for impl in args.impls:
+        res = spawn(impl, args, layers=24, steps=2, warmup=1)
+        print(f"  memory {impl}: {res.get('rss_mb')}", file=sys.stderr)
+        ov = _overrides(impl)
+        if "error" in res:
+            lines.append(f"| {impl} | {ov.get('remat', '-')} | failed | |")
+        else:
+            lines.append(f"| {impl} | {ov.get('remat', 'none' if impl.startswith('jaxlm') else '-')} | "
+                         f"{res['rss_mb']:,.0f} | {statistics.median(res['times']):.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--impls", nargs="+", default=["jaxlm", "hf", "torch", "torch-compile"])
+    ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per round")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("--depth", action="store_true", help="compile time vs depth (scan vs unrolled)")
+    ap.add_argument("--depths", type=int, nargs="+", default=[6, 24, 48])
+    ap.add_argument("--memory", action="store_true", help="peak RSS at 24 layers for --impls")
+    ap.add_argument("--timeout", type=int, default=600)
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--split-compile", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return 0
+    t0 = time.time()
+    if args.depth:
+        table = depth_table(args)
+    elif args.memory:
+        table = memory_table(args)
+    else:
+        table = speed_table(args)
+    print(table)
+    print(f"\n(command: python benchmarks/{Path(__file__).name} {' '.join(argv or sys.argv[1:])}; "
+          f"{time.time() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Fused output projection + softmax cross-entropy with its own VJP: the [tokens, vocab] logits are never
+stored for the backward pass.
+
+``loss_t = logsumexp_v(h_t . w_v) - h_t . w_{y_t}``, computed in blocks of ``block`` tokens. The forward pass
+keeps only the per-token log-sum-exp; the backward pass recomputes each block's logits and applies
+``dlogits = (softmax - onehot(y)) * weight * dloss``, ``dh = dlogits W``, ``dW = dlogits^T h``.
+
+Why: the plain path (``logits = h @ E^T`` then :func:`jaxlm.losses.cross_entropy`) writes float32 logits of
+shape [B, T, V], reads them for the log-sum-exp, the target logit and the argmax, saves them for the
+backward pass and writes a second [B, T, V] array for their gradient. At vocab 50,257 that is ~400 MB per
+array at batch 8 x 256. Here the largest temporary is one [block, V] block.
+
+Plain cross-entropy only (no label smoothing or z-loss: use :func:`jaxlm.losses.cross_entropy` for those).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+def cross_entropy(
+    hidden: jax.Array,
+    table: jax.Array,
+    targets: jax.Array,
+    weights: jax.Array | None = None,
+    *,
+    block: int = 1024,
+) -> dict[str, jax.Array]:
+    """Cross-entropy of ``logits = hidden @ table^T`` without materialising the logits.
+
+    hidden [..., D] (any float dtype; the logits are float32), table [V, D] (the tied embedding; pass
+    ``w.T`` for an untied [D, V] head), integer targets [...], weights [...] (None = all 1). Returns the
+    same sums as :func:`jaxlm.losses.cross_entropy`: ``loss``, ``nll`` (equal here), ``correct``
+    (argmax == target) and ``weight``. Gradients flow to ``hidden`` and ``table``.
+    """
+    if hidden.shape[:-1] != targets.shape:
+        raise ValueError(f"hidden {hidden.shape} and targets {targets.shape} disagree: hidden must be "
+                         f"[..., D] over the same positions as targets [...].")
+    if table.ndim != 2 or table.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"table {table.shape} must be [vocab, {hidden.shape[-1]}] (for an untied [D, V] "
+                         "head pass its transpose).")
+    if block <= 0:
+        raise ValueError(f"block={block} must be a positive number of tokens.")
+    D = hidden.shape[-1]
+    h = hidden.reshape(-1, D)
+    t = targets.reshape(-1).astype(jnp.int32)
+    w = jnp.ones(t.shape, jnp.float32) if weights is None else weights.reshape(-1).astype(jnp.float32)
+    loss, correct = _xent(h, table, t, w, min(block, h.shape[0]))
+    wsum = jnp.sum(w)
+    return {"loss": loss, "nll": loss, "correct": correct, "weight": wsum}
+
+
+def _blocks(n: int, b: int) -> list[tuple[int, int]]:
+    return [(i, min(i + b, n)) for i in range(0, n, b)]
+
+
+def _logits(hb, table):
+    return jnp.einsum("ND,VD->NV", hb, table.astype(hb.dtype), preferred_element_type=jnp.float32)
+
+
+def _forward(h, table, t, w, block):
+    loss = jnp.zeros((), jnp.float32)
+    correct = jnp.zeros((), jnp.float32)
+    lses = []
+    for i, j in _blocks(h.shape[0], block):
+        z = _logits(h[i:j], table)  # [n, V]
+        lse = jax.nn.logsumexp(z, axis=-1)
+        tz = jnp.take_along_axis(z, t[i:j, None], axis=-1)[:, 0]
+        loss = loss + jnp.sum((lse - tz) * w[i:j])
+        correct = correct + jnp.sum((jnp.argmax(z, axis=-1) == t[i:j]) * w[i:j])
+        lses.append(lse)
+    return loss, correct, jnp.concatenate(lses) if len(lses) > 1 else lses[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _xent(h, table, t, w, block):
+    loss, correct, _ = _forward(h, table, t, w, block)
+    return loss, correct
+
+
+def _xent_fwd(h, table, t, w, block):
+    loss, correct, lse = _forward(h, table, t, w, block)
+    return (loss, correct), (h, table, t, w, lse)
+
+
+def _xent_bwd(block, res, g):
+    h, table, t, w, lse = res
+    g_loss, _ = g  # correct is a count: no gradient
+    dh_blocks = []
+    dtable = jnp.zeros(table.shape, jnp.float32)
+    for i, j in _blocks(h.shape[0], block):
+        z = _logits(h[i:j], table)
+        p = jnp.exp(z - lse[i:j, None])  # softmax [n, V]
+        onehot = jax.nn.one_hot(t[i:j], z.shape[-1], dtype=jnp.float32)
+        dz = (p - onehot) * (w[i:j] * g_loss)[:, None]
+        dh_blocks.append(jnp.einsum("NV,VD->ND", dz, table.astype(jnp.float32)))
+        dtable = dtable + jnp.einsum("NV,ND->VD", dz, h[i:j].astype(jnp.float32))
+    dh = dh_blocks[0] if len(dh_blocks) == 1 else jnp.concatenate(dh_blocks)
+    return dh.astype(h.dtype), dtable.astype(table.dtype), None, None
+
+
+_xent.defvjp(_xent_fwd, _xent_bwd)
+
+
+def causal_lm_task_fn(task, params: dict, batch: dict, key, cfg, train: bool) -> dict:
+    """A ``jaxlm.train.tasks.Task`` function: the ``causal_lm`` task's loss with the fused cross-entropy.
+
+    Use as ``Task("causal_lm", causal_lm_task_fn)``. Same value and gradient as the plain task (the model's
+    logits output is unused, so ``jit`` drops it); label smoothing / z-loss are not supported here."""
+    if getattr(task, "label_smoothing", 0.0) or getattr(task, "z_loss", 0.0):
+        raise ValueError("the fused cross-entropy has no label smoothing / z-loss; use the plain causal_lm task.")
+    from jaxlm.models import family_of
+
+    _, aux = family_of(cfg).apply(params, batch["inputs"], cfg, positions=batch.get("positions"),
+                                  segment_ids=batch.get("segment_ids"), key=task.dropout_key(key, train),
+                                  return_aux=True, return_hidden=True)
+    table = params["embed"]["tokens"] if cfg.tie_embeddings else params["lm_head"]["w"].T
+    if not cfg.tie_embeddings and "b" in params.get("lm_head", {}):
+        raise ValueError("the fused cross-entropy does not take an output bias; use the plain causal_lm task.")
+    return cross_entropy(aux["hidden"], table, batch["targets"], batch.get("weights"))
