@@ -171,6 +171,24 @@ Median of {args.repeats} interleaved runs (jaxlm, HF, jaxlm, HF, ...); jaxlm com
   spread is visible. PyTorch suffers more from a busy machine than XLA (its threads wait on each other), so
   the ratio of medians flatters jaxlm when runs were disturbed; the ratio of the best (least disturbed) runs
   is the conservative figure.
+
+What was measured on the way (ms per new token on this machine, same benchmark; see
+`jaxlm/generate/adapters.py` for the reasons):
+
+| version | batch 1 | batch 8 |
+|---|---:|---:|
+| decode step = the model's `apply` with its stacked `[L, B, S, G, K]` cache inside `lax.scan` | 2.6 | 13.4 |
+| per-layer caches updated in place on the `while_loop` carry, layers unrolled over weights split once | 2.0 | 6.4 |
+| + cache stored head-major, so attention no longer transposes every layer's cache every token | - | 3.7 |
+| + `[B * G, S, K]` cache (XLA copied a `[1, G, S, K]` cache twice per layer) and the weight split reused across calls | 1.5 | 3.7 |
+| + argmax as two plain reductions (XLA:CPU's paired reduce took 0.3 ms at batch 8) | 1.5 | 3.6 |
+
+Tried and dropped: attention as multiply-and-reduce over the cache (3x slower than the batched dots);
+slicing the stacked weights inside the loop body (3.2 ms/token of weight copies, DESIGN §7); XLA's plain
+dot emitter instead of its XNNPACK fusions (`--xla_cpu_experimental_ynn_fusion_type=`, 1.5x slower). At
+batch 1 a step reads all 55.7 MB of float32 weights; the profiled weight matmuls ran at 30-40 GB/s, so
+~1.4-1.8 ms/token is the floor for float32 weights here, which is where jaxlm is; going lower needs fewer
+bytes per token (bf16/int8 weights), which would also change the greedy tokens compared above.
 """
     path = HERE / "RESULTS.md"
     text = path.read_text() if path.exists() else "# Benchmark results\n"

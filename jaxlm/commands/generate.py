@@ -65,13 +65,16 @@ def _stop_ids(loaded, ignore: bool) -> list[int]:
     if ignore:
         return []
     extra = loaded.extra or {}
-    ids = list(extra.get("stop_ids") or [])
-    if extra.get("eos_id") is not None:
-        ids.append(int(extra["eos_id"]))
+    ids = list(extra.get("stop_ids") or [])  # Hugging Face / GGUF checkpoints
+    eos = extra.get("eos_id", (extra.get("specials") or {}).get("eos"))  # ... and jaxlm run directories
+    if eos is not None:
+        ids.append(int(eos))
     return sorted(set(ids))
 
 
 def _encode(args, loaded) -> list[int]:
+    from jaxlm import pretrained
+
     if args.prompt_ids is not None:
         try:
             return [int(t) for t in args.prompt_ids.replace(" ", "").split(",") if t]
@@ -80,7 +83,8 @@ def _encode(args, loaded) -> list[int]:
     tok = loaded.tokenizer
     if tok is None:
         raise ValueError(f"{args.path} has no tokenizer: pass the prompt as token ids with --prompt-ids 1,2,3.")
-    text, special = args.prompt, True
+    # jaxlm runs train on text encoded without special tokens; HF tokenizers add what their models expect
+    text, special = args.prompt, pretrained.kind(args.path) != "run"
     if args.chat:
         template = (loaded.extra or {}).get("chat_template")
         if not template:
