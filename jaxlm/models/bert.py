@@ -9,6 +9,9 @@ optional and named in ``cfg.heads``:
 - ``"classifier"``: dropout + dense on the pooled output -> [B, num_labels];
 - ``"span"``: dense to start/end logits per token (SQuAD-style extractive QA) -> 2 x [B, T].
 
+``pos_emb="none"`` drops the position table (a bag-of-words encoder, for ablations); the default is the
+paper's learned table.
+
 Deviations:
 - no next-sentence-prediction head (RoBERTa, Liu et al. 2019, found it unnecessary); MLM only.
 - MLM logits are computed at every position; the loss masks all but the selected 15 %.
@@ -57,6 +60,12 @@ class Config(ModelConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "heads", tuple(self.heads))
+        if self.pos_emb not in ("learned", "none"):
+            raise ConfigError(f"bert.Config.pos_emb={self.pos_emb!r}: BERT adds a learned position table "
+                              f"('learned', the paper's) or none ('none'); rotary/ALiBi/sinusoidal are not wired "
+                              f"into this family.")
+        if self.type_vocab_size < 1:
+            raise ConfigError(f"bert.Config.type_vocab_size={self.type_vocab_size} must be >= 1.")
         for h in self.heads:
             check_choice("bert.Config.heads entry", h, HEADS)
         if "classifier" in self.heads and not self.pooler:
@@ -76,7 +85,9 @@ PRESETS: dict[str, Preset] = {
 
 def spec(cfg: Config) -> dict:
     dt = jnp.dtype(cfg.param_dtype)
-    e = embed.spec(cfg) | positions.learned_spec(cfg)
+    e = embed.spec(cfg)
+    if cfg.pos_emb == "learned":
+        e.update(positions.learned_spec(cfg))
     e["token_types"] = Param((cfg.type_vocab_size, cfg.d_model), (None, "embed"), P.normal(cfg.init_std), dt)
     p = {"embed": e, "embed_norm": norms.spec(cfg), "layers": stack.spec(blocks.spec(cfg), cfg.n_layers)}
     D = cfg.d_model
@@ -106,9 +117,14 @@ def encode(params: dict, tokens: jax.Array, cfg: Config, *, token_types=None, va
         raise ValueError(f"sequence length {T} exceeds max_len={cfg.max_len}; truncate the input.")
     dt = jnp.dtype(cfg.dtype)
     pos = jnp.broadcast_to(jnp.arange(T)[None], (B, T)) if positions_ is None else positions_
+    if token_types is not None:
+        embed.check_tokens(token_types, cfg.type_vocab_size, "token type ids",
+                           fix=f"segment A is 0, segment B is 1; this model has type_vocab_size="
+                               f"{cfg.type_vocab_size}")
     tt = jnp.zeros_like(tokens) if token_types is None else token_types
-    x = (embed.apply(params["embed"], tokens, dt) + positions.learned(params["embed"], pos, dt)
-         + jnp.take(params["embed"]["token_types"], tt, axis=0).astype(dt))
+    x = embed.apply(params["embed"], tokens, dt) + jnp.take(params["embed"]["token_types"], tt, axis=0).astype(dt)
+    if cfg.pos_emb == "learned":
+        x = x + positions.learned(params["embed"], pos, dt)
     x = norms.apply(params["embed_norm"], x, cfg)
     if key is not None:
         key, k = jax.random.split(key)

@@ -40,6 +40,19 @@ def init_cache(cfg, batch: int, max_len: int, dtype=None) -> dict:
     return {"self": {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}}
 
 
+def _check_cache_room(cache_index, T: int, S: int) -> None:
+    """A concrete ``cache_index`` must leave room for T tokens in S slots (dynamic_update_slice would
+    otherwise clamp the write silently and overwrite earlier slots). Traced indices pass through."""
+    if cache_index is None:
+        raise ValueError("a cache was passed without cache_index: give the cache slot of tokens[:, 0].")
+    if isinstance(cache_index, jax.core.Tracer):
+        return
+    i = int(cache_index)
+    if i < 0 or i + T > S:
+        raise ValueError(f"cache_index={i} with {T} new tokens does not fit the cache's {S} slots: allocate a "
+                         f"cache with max_len >= {i + T} (init_cache(cfg, batch, max_len)).")
+
+
 def embed_tokens(params: dict, tokens: jax.Array, cfg, positions_: jax.Array) -> jax.Array:
     """[B, T] -> [B, T, D]: token embeddings (scaled by sqrt(D) if configured) plus absolute positions."""
     dt = jnp.dtype(cfg.dtype)
@@ -88,12 +101,15 @@ def apply(
     embed.check_tokens(tokens, cfg.vocab_size)
     B, T = tokens.shape
     if cache is None:
-        if T > cfg.max_len and cfg.pos_emb == "learned":
-            raise ValueError(f"sequence length {T} exceeds max_len={cfg.max_len}; truncate the input.")
+        # learned tables would silently clamp; RoPE/sinusoidal/ALiBi run but were never trained that far
+        if T > cfg.max_len:
+            raise ValueError(f"sequence length {T} exceeds max_len={cfg.max_len}: truncate the input to "
+                             f"{cfg.max_len} tokens (or build the model with a larger max_len).")
         slots = jnp.broadcast_to(jnp.arange(T)[None], (B, T))
         mask = masks.make_mask(T, causal=True, q_segment_ids=segment_ids, kv_valid=kv_valid)
     else:
         S = cache["self"]["k"].shape[2]
+        _check_cache_room(cache_index, T, S)
         slots = jnp.broadcast_to((cache_index + jnp.arange(T))[None], (B, T))
         mask = masks.make_mask(T, S, causal=True, q_positions=slots,
                                kv_positions=jnp.arange(S)[None], kv_valid=kv_valid)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from jaxlm import params as P
 from jaxlm import sharding
 from jaxlm.config import ConfigError
+from jaxlm.models import decoder as decoder_lm
 from jaxlm.models.base import ModelConfig, Preset
 from jaxlm.nn import attention, blocks, embed, ffn, masks, norms, positions, stack
 
@@ -120,6 +121,9 @@ def encode(params: dict, src: jax.Array, cfg: Config, *, src_valid=None, key=Non
     ``src_valid`` [B, S] marks real (non-pad) source tokens; None = all real."""
     embed.check_tokens(src, cfg.vocab_size, "source token ids")
     B, S = src.shape
+    if S > cfg.max_len:
+        raise ValueError(f"source length {S} exceeds max_len={cfg.max_len}: truncate the source to "
+                         f"{cfg.max_len} tokens (or build the model with a larger max_len).")
     k_emb, k_layers = _split(key, 2)
     pos = jnp.broadcast_to(jnp.arange(S)[None], (B, S))
     x = _embed(params, src, cfg, pos, k_emb)
@@ -161,10 +165,14 @@ def decode(params: dict, tgt: jax.Array, enc: jax.Array | None, cfg: Config, *, 
     B, T = tgt.shape
     k_emb, k_layers = _split(key, 2)
     if cache is None:
+        if T > cfg.max_len:
+            raise ValueError(f"target length {T} exceeds max_len={cfg.max_len}: truncate the target to "
+                             f"{cfg.max_len} tokens (or build the model with a larger max_len).")
         slots = jnp.broadcast_to(jnp.arange(T)[None], (B, T))
         mask = masks.make_mask(T, causal=True, kv_valid=kv_valid)
     else:
         S_max = cache["self"]["k"].shape[2]
+        decoder_lm._check_cache_room(cache_index, T, S_max)
         slots = jnp.broadcast_to((cache_index + jnp.arange(T))[None], (B, T))
         mask = masks.make_mask(T, S_max, causal=True, q_positions=slots, kv_positions=jnp.arange(S_max)[None],
                                kv_valid=kv_valid)

@@ -24,9 +24,10 @@ def unembed_spec(cfg, bias: bool = False) -> dict:
     return p
 
 
-def check_tokens(tokens, vocab_size: int, what: str = "token ids") -> None:
+def check_tokens(tokens, vocab_size: int, what: str = "token ids", fix: str | None = None) -> None:
     """Raise a ValueError when concrete ``tokens`` fall outside ``[0, vocab_size)``; tracers pass through
-    (values are unknown under jit: entry points that take user data call this before jitting)."""
+    (values are unknown under jit: entry points that take user data call this before jitting). ``fix``
+    replaces the default advice (which is about tokenizers and ``vocab_size``)."""
     if isinstance(tokens, jax.core.Tracer):
         return
     arr = np.asarray(tokens)
@@ -37,10 +38,9 @@ def check_tokens(tokens, vocab_size: int, what: str = "token ids") -> None:
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0 or hi >= vocab_size:
         bad = hi if hi >= vocab_size else lo
-        raise ValueError(
-            f"{what} contain {bad}, outside [0, {vocab_size}): the tokenizer and the model's vocab_size "
-            f"disagree (use a tokenizer with at most {vocab_size} tokens or raise model.vocab_size)."
-        )
+        fix = fix or (f"the tokenizer and the model's vocab_size disagree (use a tokenizer with at most "
+                      f"{vocab_size} tokens or raise model.vocab_size)")
+        raise ValueError(f"{what} contain {bad}, outside [0, {vocab_size}): {fix}.")
 
 
 def apply(p: dict, tokens: jax.Array, dtype=jnp.float32, scale: float | None = None) -> jax.Array:
