@@ -218,6 +218,20 @@ def test_beam_search_encoder_decoder_brute_force():
     _check_against_brute_force(out, 0, _brute_force(mod, cfg, params, src, V, N, cfg.eos_id, 0.6), cfg.eos_id)
 
 
+def test_beam_search_early_stop_changes_nothing():
+    """Once W hypotheses are finished and no alive beam can beat them the search stops; it must return what
+    the full-length search returns (a model that often emits its stop token, so the early exit happens)."""
+    mod, cfg = get("gpt2-tiny")
+    cfg = cfg.replace(vocab_size=8)
+    params = mod.init(jax.random.key(0), cfg)
+    kw = dict(beam_size=3, max_new_tokens=8, length_penalty=0.6, eos_id=3)
+    early = beam_search(params, cfg, [[1, 2, 3], [4, 6]], **kw)
+    full = beam_search(params, cfg, [[1, 2, 3], [4, 6]], _early_stop=False, **kw)
+    assert early.steps < full.steps == 8
+    assert early.beams == full.beams and early.stopped == full.stopped
+    np.testing.assert_allclose(early.scores, full.scores, rtol=1e-6)
+
+
 def test_beam_of_one_is_greedy(gpt2):
     mod, cfg, params = gpt2
     greedy = generate(params, cfg, PROMPTS, max_new_tokens=N_NEW, greedy=True).tokens

@@ -45,6 +45,7 @@ class BeamOutput:
     scores: list[list[float]]
     log_probs: list[list[float]]
     stopped: list[list[bool]]
+    steps: int = 0  # search steps run (< max_new_tokens when the search could stop early)
 
 
 def length_penalty(length: jax.Array | int, alpha: jax.Array | float) -> jax.Array:
@@ -52,7 +53,7 @@ def length_penalty(length: jax.Array | int, alpha: jax.Array | float) -> jax.Arr
     return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
 
-def _run(params, layers, tokens, lengths, alpha, stop_arr, *, cfg, W, N, cache_len):
+def _run(params, layers, tokens, lengths, alpha, stop_arr, *, cfg, W, N, cache_len, early_stop=True):
     B, V = tokens.shape[0], cfg.vocab_size
     logits, cache, ctx = adapters.prefill(params, cfg, tokens, lengths, cache_len)
     cache, ctx = adapters.repeat(cache, ctx, W)  # [B] -> [B * W]: every beam starts from the prompt
@@ -91,7 +92,7 @@ def _run(params, layers, tokens, lengths, alpha, stop_arr, *, cfg, W, N, cache_l
         best = s["alive_lp"][:, 0]
         bound = jnp.maximum(best / length_penalty(s["i"] + 1, alpha), best / length_penalty(N, alpha))
         settled = (s["fin_score"][:, -1] > _NEG / 2) & (bound < s["fin_score"][:, -1]) | (best <= _NEG / 2)
-        return (s["i"] < N) & ~jnp.all(settled)
+        return (s["i"] < N) & ~(jnp.all(settled) & early_stop)
 
     state = {
         "i": jnp.array(0, jnp.int32), "logits": jnp.repeat(logits, W, axis=0), "cache": cache,
@@ -108,12 +109,12 @@ def _run(params, layers, tokens, lengths, alpha, stop_arr, *, cfg, W, N, cache_l
     cat = lambda f, a: take(jnp.concatenate([f, a], 1), idx)  # noqa: E731
     return (score, cat(s["fin_seq"], s["alive_seq"]), cat(s["fin_lp"], s["alive_lp"]),
             cat(s["fin_len"], jnp.full_like(s["fin_len"], s["i"])),
-            cat(jnp.ones_like(a_valid), jnp.zeros_like(a_valid)))
+            cat(jnp.ones_like(a_valid), jnp.zeros_like(a_valid)), s["i"])
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(cfg, W: int, N: int, cache_len: int):
-    return jax.jit(functools.partial(_run, cfg=cfg, W=W, N=N, cache_len=cache_len))
+def _compiled(cfg, W: int, N: int, cache_len: int, early_stop: bool = True):
+    return jax.jit(functools.partial(_run, cfg=cfg, W=W, N=N, cache_len=cache_len, early_stop=early_stop))
 
 
 def beam_search(
@@ -127,6 +128,7 @@ def beam_search(
     eos_id: int | None = None,
     stop_tokens: Sequence[int] | int = (),
     max_len: int | None = None,
+    _early_stop: bool = True,
 ) -> BeamOutput:
     """Beam search over ``beam_size`` beams per prompt; see the module docstring for the score.
 
@@ -143,11 +145,11 @@ def beam_search(
     batch = inputs.prepare(prompts, cfg, max_new_tokens)
     stop = inputs.stop_ids(cfg, stop_tokens, eos_id)
     S = inputs.cache_len(batch, cfg, max_new_tokens, max_len)
-    run = _compiled(cfg, int(beam_size), int(max_new_tokens), S)
+    run = _compiled(cfg, int(beam_size), int(max_new_tokens), S, _early_stop)
     res = run(params, adapters.layers(params, cfg), jnp.asarray(batch.tokens), jnp.asarray(batch.lengths),
               jnp.float32(length_penalty), inputs.stop_array(stop))
-    score, seq, lp, length, stopped = (np.asarray(a) for a in res)
-    out = BeamOutput([], [], [], [], [])
+    score, seq, lp, length, stopped, steps = (np.asarray(a) for a in res)
+    out = BeamOutput([], [], [], [], [], steps=int(steps))
     for b in range(score.shape[0]):
         keep = score[b] > _NEG / 2
         beams = [seq[b, w, : length[b, w] - int(stopped[b, w])].tolist() for w in np.flatnonzero(keep)]

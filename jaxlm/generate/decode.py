@@ -45,6 +45,7 @@ class GenerateOutput:
 
 def _state_init(params, tokens, lengths, key, temperature, top_p, stop, *, cfg, sampler, n_new, cache_len,
                 return_logits):
+    """Prefill and the first new token -> the loop state (a dict of arrays). ``stop`` [n] ids padded with -1."""
     logits, cache, ctx = adapters.prefill(params, cfg, tokens, lengths, cache_len)
     B = tokens.shape[0]
     tok = sampling.sample(logits, jax.random.fold_in(key, 0), sampler, temperature, top_p)
@@ -61,6 +62,7 @@ def _state_init(params, tokens, lengths, key, temperature, top_p, stop, *, cfg, 
 
 
 def _state_body(params, layers, state, *, cfg, sampler):
+    """One decode step: feed the last token, sample token ``i``, mark rows that hit a stop id."""
     i = state["i"]
     logits, cache = adapters.step(params, layers, cfg, state["tok"], i - 1, state["cache"], state["ctx"])
     tok = sampling.sample(logits, jax.random.fold_in(state["key"], i), sampler, state["temperature"],
