@@ -264,6 +264,8 @@ def test_bad_input_errors_name_the_fix(gpt2, kwargs, match):
 
 def test_beam_bad_input(gpt2):
     mod, cfg, params = gpt2
+    with pytest.raises(ValueError, match="needs a model with a causal decoder"):
+        generate({}, get("bert-tiny")[1], [[1, 2]], max_new_tokens=2)
     with pytest.raises(ValueError, match="beam_size=0 must be a positive integer"):
         beam_search(params, cfg, [[1]], beam_size=0, max_new_tokens=2)
     with pytest.raises(ValueError, match="length_penalty=-1 must be a number >= 0"):

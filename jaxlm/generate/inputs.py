@@ -74,6 +74,10 @@ def prepare(prompts, cfg, max_new_tokens: int) -> Batch:
     Errors name the fix for: no prompts, an empty prompt, ids outside the vocabulary, a prompt that does not
     fit the model's context together with ``max_new_tokens``.
     """
+    family = getattr(type(cfg), "family", None)
+    if family not in ("gpt2", "llama", "transformer"):
+        raise ValueError(f"generation needs a model with a causal decoder (gpt2, llama or the transformer "
+                         f"encoder-decoder), got a {family!r} config: BERT-style encoders do not generate text.")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int | np.integer) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a positive integer (e.g. 32).")
     rows = _as_prompt_list(prompts)
