@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -176,6 +177,29 @@ def _check_config(run_dir: Path, run: C.RunConfig, say) -> None:
             + ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a) if a.get(k) != b.get(k)))
 
 
+_BUILT: dict = {}  # (task, model cfg, train cfg, mesh cfg, micro batch) -> optimizer, Parallel, compiled steps
+
+
+def _build(task, cfg, t, mesh_cfg, micro: int) -> dict:
+    """The optimizer, :class:`Parallel` and step functions of a run, memoised per configuration so that
+    training the same configuration again in one process (tests, notebooks, resume) reuses the compiled
+    steps instead of compiling them again."""
+    k = (task, cfg, t, mesh_cfg, micro, jax.device_count())
+    if k not in _BUILT:
+        opt = make_optimizer(t, cfg)
+        par = Parallel(mesh_cfg, model_cfg=cfg, batch_size=micro)
+        b = {"opt": opt, "par": par,
+             "step_fn": make_train_step(task, cfg, opt, grad_axis_name=par.grad_axis_name)}
+        if par.mode == "jit":  # par.init_state, but jitted once per configuration
+            fn = lambda key: create_state(key, cfg, opt)  # noqa: E731
+            shapes = jax.eval_shape(fn, jax.random.key(0))
+            b["init"] = jax.jit(fn, out_shardings=par.state_shardings(shapes))
+        if len(_BUILT) > 8:
+            _BUILT.clear()
+        _BUILT[k] = b
+    return _BUILT[k]
+
+
 def train(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False) -> dict:
     """Train (or resume) ``run`` in ``run_dir``. Returns a summary dict: ``step``, ``loss`` (last logged),
     ``last_eval`` (dict), ``interrupted`` (None or the signal name), ``resumed_from`` (step or None),
@@ -194,10 +218,9 @@ def train(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False) -> dict
     say(f"data: {prep.info}")
     task = make_task(t.task, **pipeline.task_options(run, prep))
     cfg = run.model
-    opt = make_optimizer(t, cfg)
     micro = t.batch_size // t.grad_accum
-    par = Parallel(run.mesh, model_cfg=cfg, batch_size=micro)
-    step_fn = make_train_step(task, cfg, opt, grad_axis_name=par.grad_axis_name)
+    b = _build(task, cfg, t, run.mesh, micro)
+    par, opt = b["par"], b["opt"]
     key = jax.random.key(t.seed)
 
     ckpt = Checkpointer(run_dir, keep=t.keep_checkpoints, best_metric=t.best_metric, best_mode=t.best_mode,
@@ -219,11 +242,14 @@ def train(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False) -> dict
         state = par.place_state(create_state(key, cfg, opt, params=params))
         start = 0
     else:
-        state = par.init_state(create_state, key, cfg, opt)
+        state = b["init"](key) if "init" in b else par.init_state(create_state, key, cfg, opt)
         start = 0
-    step_c = compile_step(par, step_fn, state)
+    if "step" not in b:
+        b["step"] = compile_step(par, b["step_fn"], state)
     plain = par.unreplicate(state)
-    eval_c = par.compile_eval(make_eval_step(task, cfg), plain.params)
+    if "eval" not in b:
+        b["eval"] = par.compile_eval(make_eval_step(task, cfg), plain.params)
+    step_c, eval_c = b["step"], b["eval"]
 
     metrics_file = run_dir / "metrics.jsonl"
     if resumed_from is not None:
@@ -327,8 +353,8 @@ def train(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False) -> dict
         with _Signals() as sig:
             while s < t.steps:
                 if fault and s + 1 == fault:
-                    say(f"fault injection: hanging in step {fault}")
                     ckpt.wait()  # the earlier save is complete, as it would be in a long real step
+                    print(f"fault injection: hanging in step {fault}", file=sys.stderr, flush=True)
                     while True:
                         time.sleep(1)
                 batch = prep.train.batch(s, t.batch_size)

@@ -49,7 +49,7 @@ def make_train_step(task, model_cfg, optimizer: optax.GradientTransformation, *,
             sums = lax.psum(sums, grad_axis_name)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = summarize(sums) | {"grad_norm": optax.global_norm(grads)}
+        metrics = summarize(sums) | {"grad_norm": optax.tree.norm(grads)}
         return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
     return step
