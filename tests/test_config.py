@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Literal
+
 import pytest
 
 from jaxlm import config as C
@@ -27,7 +30,7 @@ def test_override_unknown_key_suggests_the_closest():
         C.override(cfg, ["n_haeds=8"])
     with pytest.raises(C.ConfigError, match="not of the form key=value"):
         C.override(cfg, ["d_model"])
-    with pytest.raises(C.ConfigError, match="'d_model=abc': expected an integer"):
+    with pytest.raises(C.ConfigError, match="d_model='abc': expected an integer"):
         C.override(cfg, ["d_model=abc"])
     with pytest.raises(C.ConfigError, match="expected a boolean"):
         C.override(cfg, ["tie_embeddings=maybe"])
@@ -72,3 +75,33 @@ def test_configs_are_frozen_and_hashable():
         hash(cfg)
         with pytest.raises(AttributeError):
             cfg.d_model = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Optim:
+    lr: float = 1e-3
+    schedule: Literal["cosine", "noam"] = "cosine"
+    betas: tuple[float, ...] = (0.9, 0.999)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Run:
+    steps: int = 10
+    eval_every: int | None = None
+    optim: _Optim = field(default_factory=_Optim)
+
+
+def test_nested_sections_literals_tuples_and_optionals():
+    cfg = C.override(_Run(), ["steps=1e3", "eval_every=5", "optim.lr=3e-4", "optim.schedule=noam",
+                              "optim.betas=(0.8, 0.95)"])
+    assert cfg == _Run(steps=1000, eval_every=5, optim=_Optim(lr=3e-4, schedule="noam", betas=(0.8, 0.95)))
+    assert C.override(cfg, ["eval_every=null"]).eval_every is None
+    with pytest.raises(C.ConfigError, match=r"unknown config key 'optim.lrr' \(did you mean 'lr'\?\)"):
+        C.override(_Run(), ["optim.lrr=3"])
+    with pytest.raises(C.ConfigError, match=r"optim.schedule='cosin' is not one of \['cosine', 'noam'\] \(did you"):
+        C.override(_Run(), ["optim.schedule=cosin"])
+    with pytest.raises(C.ConfigError, match=r"steps='1.5': expected an integer"):
+        C.override(_Run(), ["steps=1.5"])
+    with pytest.raises(C.ConfigError, match="optim is a section; set one of its fields"):
+        C.override(_Run(), ["optim=3"])
+    assert C.from_dict(C.to_dict(cfg)) == cfg

@@ -93,8 +93,11 @@ def test_init_on_a_mesh_equals_init_without_one():
     spec = _spec()
     on_mesh = P.init(jax.random.key(5), spec, mesh)
     plain = P.init(jax.random.key(5), spec)
-    for (path, a), b in zip(P.flatten(on_mesh).items(), P.flatten(plain).values(), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), err_msg=path)
+    flat_plain = P.flatten(plain)
+    assert set(P.flatten(on_mesh)) == set(flat_plain)
+    for path, a in P.flatten(on_mesh).items():
+        # jit (mesh) vs eager draws agree to float32 rounding (XLA fuses std * normal differently)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(flat_plain[path]), rtol=1e-6, atol=1e-9, err_msg=path)
         assert isinstance(a.sharding, jax.sharding.NamedSharding)
 
 
