@@ -94,7 +94,7 @@ def load(path: str, *, fmt: str = "auto", pattern: str = "*", sample_by: str = "
         kwargs: dict[str, Any] = {}
         builder = kind
         if kind == "text":
-            kwargs = {"sample_by": sample_by, "keep_linebreaks": True}
+            kwargs = {"sample_by": sample_by, "keep_linebreaks": sample_by != "line"}
         elif kind == "tsv":
             builder, kwargs = "csv", {"sep": "\t", "quoting": 3}  # 3 = csv.QUOTE_NONE: quotes are text
         try:

@@ -216,18 +216,23 @@ def resolve(cfg: RunConfig) -> RunConfig:
 
 
 def load_experiment(path: str | Path) -> RunConfig:
-    """Import an experiment file and call its ``config()``."""
+    """Import an experiment file and call its ``config()`` (``FILE.py:NAME`` calls ``NAME()`` instead, for
+    files that hold several stages, e.g. ``experiments/bert_sentiment.py:finetune``)."""
+    fn = "config"
+    if ":" in str(path) and not Path(path).is_file():
+        path, fn = str(path).rsplit(":", 1)
     p = Path(path)
     if not p.is_file():
         raise C.ConfigError(f"experiment file {p} does not exist; give a path such as experiments/demo.py.")
     spec = importlib.util.spec_from_file_location(f"jaxlm_experiment_{p.stem}", p)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    if not hasattr(mod, "config"):
-        raise C.ConfigError(f"{p} defines no `config()` function returning a RunConfig.")
-    cfg = mod.config()
+    if not callable(getattr(mod, fn, None)):
+        names = [n for n in dir(mod) if not n.startswith("_") and callable(getattr(mod, n))]
+        raise C.ConfigError(f"{p} defines no `{fn}()` function returning a RunConfig{C.closest(fn, names)}.")
+    cfg = getattr(mod, fn)()
     if not isinstance(cfg, RunConfig):
-        raise C.ConfigError(f"{p}: config() returned {type(cfg).__name__}, expected a RunConfig.")
+        raise C.ConfigError(f"{p}: {fn}() returned {type(cfg).__name__}, expected a RunConfig.")
     return cfg
 
 
