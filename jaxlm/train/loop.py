@@ -18,6 +18,7 @@ comes from ``train.peak_flops`` or a table by device kind — on CPU it is only 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -177,6 +178,8 @@ def _check_config(run_dir: Path, run: C.RunConfig, say) -> None:
             + ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a) if a.get(k) != b.get(k)))
 
 
+_LOOP_ONLY = ("log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "best_metric",
+              "best_mode", "async_checkpoint", "init_from", "peak_flops", "progress", "tensorboard", "plot")
 _BUILT: dict = {}  # (task, model cfg, train cfg, mesh cfg, micro batch) -> optimizer, Parallel, compiled steps
 
 
@@ -184,7 +187,8 @@ def _build(task, cfg, t, mesh_cfg, micro: int) -> dict:
     """The optimizer, :class:`Parallel` and step functions of a run, memoised per configuration so that
     training the same configuration again in one process (tests, notebooks, resume) reuses the compiled
     steps instead of compiling them again."""
-    k = (task, cfg, t, mesh_cfg, micro, jax.device_count())
+    loop_only = {f: getattr(C.TrainConfig(), f) for f in _LOOP_ONLY}
+    k = (task, cfg, dataclasses.replace(t, **loop_only), mesh_cfg, micro, jax.device_count())
     if k not in _BUILT:
         opt = make_optimizer(t, cfg)
         par = Parallel(mesh_cfg, model_cfg=cfg, batch_size=micro)
