@@ -103,6 +103,10 @@ def test_packed_segments_never_see_each_other(lm: LM):
     alone = FWD(lm.params, jnp.asarray([np.r_[a, b], np.r_[b, a]]), lm.cfg)
     np.testing.assert_allclose(packed[0, :5], alone[0, :5], atol=1e-5)
     np.testing.assert_allclose(packed[0, 5:], alone[1, :3], atol=1e-5)
+    # jax.nn.dot_product_attention ("xla") gets the same segment/causal mask and agrees
+    xla = FWD(lm.params, jnp.asarray([np.r_[a, b], np.r_[a2, b]]), lm.cfg.replace(attn_impl="xla"),
+              segment_ids=seg, positions=pos)
+    np.testing.assert_allclose(xla, packed, atol=1e-5)
 
 
 def test_gradients_are_finite(lm: LM):

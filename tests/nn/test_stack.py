@@ -19,7 +19,7 @@ MASK = masks.make_mask(T, causal=True)
 
 
 def _cfg(**kw):
-    base = dict(vocab_size=16, max_len=16, d_model=D, n_heads=2, n_layers=3, d_ff=32, dropout=0.0, attn_dropout=0.0)
+    base = dict(vocab_size=16, max_len=16, d_model=D, n_heads=2, n_layers=2, d_ff=32, dropout=0.0, attn_dropout=0.0)
     return gpt2.Config(**(base | kw))
 
 
@@ -80,40 +80,29 @@ def _run(params, cfg, scan, remat, keys=None):
 
 def test_stack_spec_adds_a_leading_layers_axis(stacked):
     cfg, params = stacked
-    assert params["attn"]["q"]["w"].shape == (3, D, 2, 8)
+    assert params["attn"]["q"]["w"].shape == (2, D, 2, 8)
     assert not np.allclose(params["attn"]["q"]["w"][0], params["attn"]["q"]["w"][1])
-    np.testing.assert_array_equal(stack.layer(params, 2)["mlp"]["wo"]["w"], params["mlp"]["wo"]["w"][2])
+    np.testing.assert_array_equal(stack.layer(params, 1)["mlp"]["wo"]["w"], params["mlp"]["wo"]["w"][1])
 
 
 def test_scan_equals_loop_equals_manual_layers(stacked):
     cfg, params = stacked
-    keys = jax.random.split(jax.random.key(5), 3)
+    keys = jax.random.split(jax.random.key(5), 2)
     for k in (None, keys):
         y_scan, w_scan = _run(params, cfg.replace(dropout=0.2), True, "none", k)
         y_loop, w_loop = _run(params, cfg.replace(dropout=0.2), False, "none", k)
         np.testing.assert_allclose(y_scan, y_loop, atol=1e-5)
         np.testing.assert_allclose(w_scan, w_loop, atol=1e-6)
-        assert w_scan.shape == (3, B, 2, T, T)
+        assert w_scan.shape == (2, B, 2, T, T)
     x = X
-    for i in range(3):
+    for i in range(2):
         x, _ = blocks.apply(stack.layer(params, i), x, cfg, mask=MASK)
     np.testing.assert_allclose(_run(params, cfg, True, "none")[0], x, atol=1e-5)
 
 
-def test_scan_and_loop_give_the_same_gradients(stacked):
-    cfg, params = stacked
-
-    def loss(p, scan):
-        return jnp.sum(_run(p, cfg, scan, "none")[0] ** 2)
-
-    g_scan = jax.jit(jax.grad(loss), static_argnums=1)(params, True)
-    g_loop = jax.jit(jax.grad(loss), static_argnums=1)(params, False)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4), g_loop, g_scan)
-    assert all(np.all(np.isfinite(a)) and np.any(a != 0) for a in jax.tree.leaves(g_scan))
-
-
-def test_every_remat_policy_gives_the_same_gradients():
-    # a small two-matmul layer keeps compiles cheap; the policies only decide what is saved for backward
+def test_scan_equals_loop_gradients_and_every_remat_policy_agrees():
+    # a small two-matmul layer keeps compiles cheap (the full blocks are checked scan == loop above and in
+    # every model test); the policies only decide what is saved for the backward pass
     w = jax.random.normal(jax.random.key(0), (4, 2, D, D)) * 0.3
 
     def body(p, h, _):
