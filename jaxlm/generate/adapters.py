@@ -119,7 +119,7 @@ def layers(params: dict, cfg) -> list[dict]:
     on every token: 3.2 ms/token on the benchmark model; DESIGN §7). The copy of the most recent model is
     kept while its arrays live, so repeated calls with the same params do not pay it again (42 MB took
     ~40 ms here, mostly first-touch page faults); it costs one extra copy of the layer weights in memory
-    (:func:`clear` frees it).
+    until those params are garbage-collected or :func:`clear` is called.
     """
     stacked = jax.tree.leaves(params["decoder"]["layers"] if is_encoder_decoder(cfg) else params["layers"])
     if _LAST:
@@ -128,10 +128,17 @@ def layers(params: dict, cfg) -> list[dict]:
             return split
     split = _split_jit(params, cfg)
     if all(isinstance(a, jax.Array) for a in stacked):  # immutable, so identity means same values
-        _LAST[:] = [(tuple(weakref.ref(a) for a in stacked), cfg, split)]
+        entry = (tuple(weakref.ref(a) for a in stacked), cfg, split)
+        _LAST[:] = [entry]
+        weakref.finalize(stacked[0], _forget, id(entry))  # the model is gone: free its copy too
     else:  # e.g. numpy arrays, which may change in place: no reuse
         _LAST.clear()
     return split
+
+
+def _forget(entry_id: int) -> None:
+    if _LAST and id(_LAST[0]) == entry_id:
+        _LAST.clear()
 
 
 def clear() -> None:
