@@ -188,13 +188,14 @@ def test_bert_mlm_then_finetune_from_its_params(tmp_path: Path):
               "train.log_every=5", "train.eval_batches=2", "train.progress=false", "train.tensorboard=false",
               "train.plot=false"]
     exp = "experiments/bert_sentiment.py"
-    mlm = C.apply_overrides(C.load_experiment(exp), [*common, "train.steps=10", "data.tokenizer=char"])
+    mlm = C.apply_overrides(C.load_experiment(exp), [*common, "train.steps=5", "data.tokenizer=char"])
     out = train(mlm, tmp_path / "mlm", quiet=True)
-    assert out["step"] == 10
+    assert out["step"] == 5
     ft = C.apply_overrides(C.load_experiment(exp + ":finetune"),
-                           [*common, "train.steps=40", "data.eval_path=", "data.eval_fraction=0.2",
-                            f"train.init_from={tmp_path / 'mlm'}", "train.lr=2e-3", "data.tokenizer=char"])
-    out = train(ft, tmp_path / "ft", quiet=False)
+                           [*common, "train.steps=30", "data.eval_path=", "data.eval_fraction=0.2",
+                            f"train.init_from={tmp_path / 'mlm'}", "train.lr=3e-3", "train.warmup_steps=3",
+                            "data.tokenizer=char", "model.dropout=0.0"])
+    out = train(ft, tmp_path / "ft", quiet=True)
     from jaxlm.train.checkpoint import load_run
 
     src = load_run(tmp_path / "mlm").params
@@ -203,3 +204,15 @@ def test_bert_mlm_then_finetune_from_its_params(tmp_path: Path):
     assert first["step"] == 5
     assert out["last_eval"]["eval_accuracy"] > 0.8  # the words give the label away
     assert "classifier" in load_run(tmp_path / "ft").params and "mlm" in src
+
+
+@pytest.mark.parametrize("name,preset", [("gpt2_shakespeare", "gpt2-tiny"), ("transformer_translation", "transformer-tiny"),
+                                         ("bert_sentiment", "bert-tiny"), ("bert_sentiment:finetune", "bert-tiny"),
+                                         ("llama_tiny", "llama-tiny"), ("demo", "gpt2-tiny")])
+def test_experiments_resolve_with_their_tiny_preset(name, preset):
+    file, _, fn = name.partition(":")
+    path = f"experiments/{file}.py" + (f":{fn}" if fn else "")
+    run = C.resolve(C.apply_overrides(C.load_experiment(path), [f"model.preset={preset}", "data.seq_len=64"]))
+    assert run.model.n_layers == get(preset)[1].n_layers
+    full = C.resolve(C.load_experiment(path))
+    assert full.data.path and full.train.steps > 0
