@@ -154,9 +154,18 @@ def apply(
             aux["cache"] = {"k": k, "v": v}
             k, v = k.astype(dt), v.astype(dt)
     bias = None
-    if cfg.pos_emb == "alibi" and kv is None:
-        kp = kv_positions if kv_positions is not None else (
-            positions_ if cache is None else jnp.broadcast_to(jnp.arange(k.shape[1])[None], (B, k.shape[1])))
+    # ALiBi is a self-attention bias; a precomputed cache with no cache_index is cross-attention: no bias
+    if cfg.pos_emb == "alibi" and kv is None and not (cache is not None and cache_index is None):
+        if kv_positions is not None:
+            kp = kv_positions
+        elif cache is None:
+            kp = positions_
+        else:
+            # distances must be between positions, not cache slots: with left padding a row's slots run
+            # ahead of its positions by its pad length. The step's last token is a real one (padding is on
+            # the left), so slot s holds position s - (its slot - its position).
+            offset = cache_index + T - 1 - positions_[:, -1:]  # [B, 1]
+            kp = jnp.arange(k.shape[1])[None] - offset  # [B, S]
         bias = positions.alibi_bias(cfg.n_heads, positions_, kp)
     rate = cfg.attn_dropout if key is not None else 0.0
     out, w = dot_product_attention(
