@@ -246,7 +246,8 @@ class Parallel:
         if self.mode == "pmap":
             from flax import jax_utils
 
-            return jax_utils.replicate(state, devices=self.devices)
+            # axis name = the pmap axis, so the replicated state has the sharding pmap returns (no recompile)
+            return jax_utils.replicate(state, devices=self.devices, axis_name=GRAD_AXIS)
         return jax.device_put(state, self.state_shardings(state))
 
     def unreplicate(self, state: Any) -> Any:

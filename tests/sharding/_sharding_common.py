@@ -31,7 +31,7 @@ EXTRA_CONFIGS = {"data2_tensor4": {"data": 2, "fsdp": 1, "tensor": 4, "parallel"
 BATCH, SEQ, STEPS = 16, 16, 5
 
 
-def run_worker(script: str, *args: str, timeout: float = 240, devices: int = 8, env: dict | None = None
+def run_worker(script: str, *args: str, timeout: float = 600, devices: int = 8, env: dict | None = None
                ) -> dict:
     """Run ``tests/sharding/<script>`` in a fresh process with ``devices`` CPU devices; return the JSON it
     prints on its last stdout line. Fails with the worker's stderr when it fails."""
@@ -69,11 +69,38 @@ def batches(name: str, cfg, n: int = STEPS, batch: int = BATCH, seq: int = SEQ, 
             src_lengths = rng.integers(seq // 4, seq + 1, size=batch)
             src_valid = (np.arange(seq)[None] < src_lengths[:, None]).astype(np.int32)
             out.append({"src": src * src_valid, "src_valid": src_valid, "tgt_in": toks[:, :-1] * valid,
-                        "targets": toks[:, 1:] * valid, "weights": valid.astype(np.float32)})
+                        "tgt_valid": valid, "tgt_out": toks[:, 1:] * valid, "weights": valid.astype(np.float32)})
         else:
             out.append({"inputs": toks[:, :-1] * valid, "targets": toks[:, 1:] * valid,
                         "weights": valid.astype(np.float32)})
     return out
+
+
+def fingerprint(tree) -> dict[str, list[float]]:
+    """Per leaf ``[sum |x|, sum x * w]`` with fixed pseudo-random weights ``w`` (so a permuted or shifted
+    shard changes it), computed on the devices: works on global arrays of a multi-process run."""
+    import zlib
+
+    import jax
+    import jax.numpy as jnp
+
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    names = [jax.tree_util.keystr(k) for k, _ in flat]
+    xs = [x for _, x in flat]
+    ws = [np.random.default_rng(zlib.crc32(n.encode())).standard_normal(np.shape(x)).astype(np.float32)
+          for n, x in zip(names, xs)]
+    f = jax.jit(lambda xs, ws: [jnp.stack([jnp.abs(x.astype(jnp.float32)).sum(),
+                                            (x.astype(jnp.float32) * w).sum()]) for x, w in zip(xs, ws)])
+    return {n: np.asarray(v).tolist() for n, v in zip(names, f(xs, ws))}
+
+
+def same_fingerprint(a: dict, b: dict, rtol: float = 1e-5) -> list[str]:
+    """Leaves whose fingerprints differ beyond float32 summation-order noise (empty = the same state)."""
+    bad = [k for k in a if k not in b]
+    for k in a:
+        if k in b and any(abs(x - y) > rtol * (abs(a[k][0]) * 4 + 1e-6) for x, y in zip(a[k], b[k])):
+            bad.append(k)
+    return bad
 
 
 def print_json(obj) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sharding_common import CONFIGS, REPO, run_worker  # noqa: E402
+from _sharding_common import CONFIGS, REPO, run_worker, same_fingerprint  # noqa: E402
 
 pytestmark = pytest.mark.multidevice
 
@@ -49,8 +49,11 @@ def test_every_layout_trains_the_same_losses(model):
     for name, want in expect.items():
         specs = res[name]["specs"]
         for path, spec in want.items():
-            for tree in ("params", "opt_state/0/mu", "opt_state/0/nu"):
-                assert specs[f"{tree}/{path}"] == spec, (name, tree, path, specs.get(f"{tree}/{path}"))
+            leaves = {k: v for k, v in specs.items() if k.endswith("/" + path)}
+            # the parameter and Adam's two moments (mu, nu) inside the optax chain
+            assert f"params/{path}" in leaves and len(leaves) == 3, (name, path, sorted(leaves))
+            for k, v in leaves.items():
+                assert v == spec, (name, k, v, spec)
     assert res["data2_fsdp2_tensor2"]["shard_shape"] == [512 // 2, 64 // 2]
     # the models' block-boundary activation constraints are in the compiled multi-device steps
     n_layers = 2 * (2 if model.startswith("transformer") else 1)
@@ -96,7 +99,7 @@ def test_checkpoint_moves_between_meshes_and_two_processes_match_one(tmp_path):
     outs = []
     try:
         for p in procs:
-            out, err = p.communicate(timeout=200)
+            out, err = p.communicate(timeout=600)
             assert p.returncode == 0, f"process failed (rc={p.returncode}):\n{err[-5000:]}"
             outs.append(__import__("json").loads(out.strip().splitlines()[-1]))
     finally:
@@ -121,6 +124,8 @@ def test_checkpoint_moves_between_meshes_and_two_processes_match_one(tmp_path):
     for conf in confs.split(","):
         for o in outs:
             np.testing.assert_allclose(o[conf]["losses"], res["losses"], rtol=RTOL, err_msg=conf)
-        # 5 Adam steps amplify last-bit differences of the reductions (gloo vs in-process) to ~3e-5
+        # the checkpoint both processes wrote holds the state they had (fingerprints of every leaf) and,
+        # restored in one 8-device process, takes the same next step
         here = res["multiproc_" + conf]
-        assert here["same_keys"] and here["max_abs_diff"] < 2e-4, here
+        assert not same_fingerprint(outs[0][conf]["fingerprint"], here["fingerprint"]), conf
+        np.testing.assert_allclose(here["next_loss"], outs[0][conf]["next_loss"], rtol=RTOL, err_msg=conf)

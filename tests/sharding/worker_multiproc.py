@@ -1,8 +1,9 @@
 """One of two processes (4 CPU devices each, gloo collectives) training gpt2-tiny on an 8-device global mesh.
 
 usage: worker_multiproc.py PROCESS_ID NUM_PROCESSES PORT CKPT_DIR CONFIG[,CONFIG...]
-Each process loads only its rows of every batch; both save the final state with Orbax (into
-CKPT_DIR/<config>); process 0 prints the losses as JSON.
+Each process loads only its rows of every batch; both save the 5-step state with Orbax (into
+CKPT_DIR/<config>) and report its fingerprint, then take one more step (its loss is the "next loss" a
+restored copy must reproduce); process 0 prints the results as JSON.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ def main(pid: int, nproc: int, port: int, ckpt_dir: str, which: list[str]) -> di
 
     assert jax.process_count() == nproc and jax.device_count() == 8, (jax.process_count(), jax.device_count())
     cfg = C.model_config("gpt2-tiny")
-    data = C.batches("gpt2-tiny", cfg)
-    opt = L.optimizer()
+    data = C.batches("gpt2-tiny", cfg, n=C.STEPS + 1)
+    opt = L.optimizer(cfg)
     out = {"local_devices": jax.local_device_count(), "global_devices": jax.device_count()}
     for conf in which:
         t0 = time.perf_counter()
@@ -38,14 +39,18 @@ def main(pid: int, nproc: int, port: int, ckpt_dir: str, which: list[str]) -> di
         train = par.compile(step, state)
         rows = par.local_rows(C.BATCH)
         losses = []
-        for b in data:
+        for i, b in enumerate(data):
+            if i == C.STEPS:
+                plain = par.unreplicate(state)
+                fp = C.fingerprint(plain)
+                with ocp.CheckpointManager(Path(ckpt_dir) / conf) as mngr:
+                    mngr.save(C.STEPS, args=ocp.args.StandardSave(plain))
+                    mngr.wait_until_finished()
             mine = {k: v[rows] for k, v in b.items()}  # this process's share only
             state, m = train(state, par.place_batch(mine, global_rows=C.BATCH))
             losses.append(float(m["loss"]))
-        with ocp.CheckpointManager(Path(ckpt_dir) / conf) as mngr:
-            mngr.save(C.STEPS, args=ocp.args.StandardSave(par.unreplicate(state)))
-            mngr.wait_until_finished()
-        out[conf] = {"losses": losses, "rows": [rows.start, rows.stop], "seconds": time.perf_counter() - t0}
+        out[conf] = {"losses": losses[:-1], "next_loss": losses[-1], "fingerprint": fp,
+                     "rows": [rows.start, rows.stop], "seconds": time.perf_counter() - t0}
     distributed.shutdown()
     return out
 

@@ -36,7 +36,7 @@ def main(name: str, which: list[str]) -> dict:
     if variant == "odd":
         cfg = cfg.replace(vocab_size=511, n_kv_heads=2)
     data = C.batches(name, cfg)
-    opt = L.optimizer()
+    opt = L.optimizer(cfg)
     out = {}
     for conf in which:
         t0 = time.perf_counter()
@@ -65,7 +65,7 @@ def main(name: str, which: list[str]) -> dict:
                 if any(path.endswith(p) for p in PROBE):
                     specs[path] = spec_of(leaf)
         logging.getLogger("jaxlm").removeHandler(handler)
-        emb = state["params"]["embed"]["tokens"]
+        emb = L.params_of(state)["embed"]["tokens"]
         out[conf] = {"losses": losses, "specs": specs, "seconds": time.perf_counter() - t0,
                      "mesh": dict(par.mesh.shape), "log": buf.getvalue(), "constraints": constraints,
                      "shard_shape": list(emb.addressable_shards[0].data.shape) if par.mode == "jit" else None}
