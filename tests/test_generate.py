@@ -80,13 +80,14 @@ def test_new_params_are_not_served_from_the_weight_split_cache(gpt2):
 
 def test_general_attention_fallback_matches_full_recompute():
     """ALiBi is not handled by the one-token decode attention: the step falls back to the model's attention
-    on the converted cache, and must still equal a full recompute."""
+    on the converted cache, and must still equal a full recompute, padded rows included."""
     mod, cfg = get("gpt2-tiny")
     cfg = cfg.replace(pos_emb="alibi", dropout=0.0, attn_dropout=0.0)
     params = mod.init(jax.random.key(3), cfg)
-    out = generate(params, cfg, [PROMPTS[1]], max_new_tokens=4, greedy=True, return_logits=True)
-    ref = _full_logits(mod, cfg, params, PROMPTS[1], out.tokens[0])
-    np.testing.assert_allclose(out.logits[0], ref, atol=1e-5, rtol=1e-5)
+    out = generate(params, cfg, PROMPTS, max_new_tokens=4, greedy=True, return_logits=True)  # left-padded
+    for b, prompt in enumerate(PROMPTS):
+        ref = _full_logits(mod, cfg, params, prompt, out.tokens[b])
+        np.testing.assert_allclose(out.logits[b], ref, atol=1e-5, rtol=1e-5)
 
 
 def test_sampling_is_reproducible_and_seed_dependent(gpt2):

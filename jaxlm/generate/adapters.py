@@ -163,6 +163,10 @@ def prefill(params: dict, cfg, tokens: jax.Array, lengths: jax.Array, cache_len:
     pad = P - lengths  # [B] left-padding per row
     kv_valid = jnp.arange(cache_len)[None] >= pad[:, None]  # [B, S]: padding slots are never attended
     pos = jnp.maximum(jnp.arange(P)[None] - pad[:, None], 0)  # [B, P]: real tokens start at position 0
+    if cfg.pos_emb == "alibi":
+        # ALiBi only sees distances, and the model's cached attention measures key distances in cache slots:
+        # number queries by slot too, so the padding shift cancels
+        pos = jnp.broadcast_to(jnp.arange(P)[None], (B, P))
     logits, aux = mod.apply(params, tokens, cfg, positions=pos, kv_valid=kv_valid,
                             cache=mod.init_cache(cfg, B, cache_len), cache_index=0)
     ctx = {"kv_valid": kv_valid, "lengths": lengths, "start": jnp.full((B,), P, jnp.int32)}
@@ -187,6 +191,8 @@ def step(params: dict, layer_params: list[dict], cfg, tok: jax.Array, j: jax.Arr
     else:
         slot = ctx["start"][0] + j
         pos = (ctx["lengths"] + j)[:, None]  # [B, 1]: each row's own position
+        if cfg.pos_emb == "alibi":
+            pos = jnp.full((B, 1), slot, jnp.int32)  # see prefill
         x = decoder.embed_tokens(params, tok, cfg, pos)  # [B, 1, D]
         kv_valid, enc_mask = ctx["kv_valid"], None
     mask = masks.make_mask(1, S, causal=True, q_positions=jnp.full((B, 1), slot), kv_positions=jnp.arange(S)[None],

@@ -11,12 +11,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+BUCKET = 16  # prompt widths are rounded up to a multiple of this
+
 
 @dataclass(frozen=True)
 class Batch:
     """Prompts packed into one array.
 
-    ``tokens`` [B, P] int32, ``lengths`` [B] int32. Decoder prompts are *left*-padded (every prompt ends at
+    ``tokens`` [B, P] int32 (P = the longest prompt rounded up to a multiple of :data:`BUCKET`),
+    ``lengths`` [B] int32. Decoder prompts are *left*-padded (every prompt ends at
     slot P - 1, so the first new token goes to slot P for all rows); encoder sources are *right*-padded (the
     encoder numbers positions from slot 0).
     """
@@ -111,12 +114,17 @@ def prepare(prompts, cfg, max_new_tokens: int) -> Batch:
                              f"max_new_tokens to {C - longest} or shorten the prompt to "
                              f"{max(C - max_new_tokens, 1)} tokens.")
     pad = cfg.pad_id
-    tokens = np.full((len(rows), longest), pad, np.int32)
+    # pad to a multiple of BUCKET (padding is masked, so results do not change): batches whose longest
+    # prompts differ by a few tokens share one compiled program
+    width = -(-longest // BUCKET) * BUCKET
+    if encdec:
+        width = min(width, C)  # the encoder's positions must stay inside its context
+    tokens = np.full((len(rows), width), pad, np.int32)
     for i, r in enumerate(rows):
         if encdec:
             tokens[i, : len(r)] = r
         else:
-            tokens[i, longest - len(r):] = r
+            tokens[i, width - len(r):] = r
     return Batch(tokens, lengths, left_padded=not encdec)
 
 
