@@ -64,8 +64,10 @@ def test_init_shapes_dtypes_and_initialisers():
 
 def test_count_is_exact_and_allocates_nothing():
     assert P.count(_spec()) == 11 * 4 + 4 * 8 + 8 + 4
+    live = len(jax.live_arrays())
     t0 = time.perf_counter()
     n = P.count(llama.spec(llama.PRESETS["llama2-7b"].config))
+    assert len(jax.live_arrays()) == live  # no device array was created
     assert time.perf_counter() - t0 < 2.0  # 6.7 billion floats would take far longer (and 27 GB)
     assert n == 6_738_415_616
     # the same count from a params tree

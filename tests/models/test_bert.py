@@ -120,8 +120,8 @@ def test_position_options():
     assert count(bert.spec(cfg)) - count(bert.spec(none)) == cfg.max_len * cfg.d_model
     p = bert.init(jax.random.key(0), none)
     tokens = jnp.asarray([[5, 6, 7, 8]])
-    h = bert.apply(p, tokens, none)["hidden"]
-    h_rev = bert.apply(p, tokens[:, ::-1], none)["hidden"]
+    h = FWD(p, tokens, none)["hidden"]
+    h_rev = FWD(p, tokens[:, ::-1], none)["hidden"]
     np.testing.assert_allclose(h[:, ::-1], h_rev, atol=1e-5)  # no positions: permutation-equivariant
     with pytest.raises(ConfigError, match=r"bert.Config.pos_emb='rope': BERT adds a learned position table"):
         cfg.replace(pos_emb="rope")
