@@ -82,6 +82,12 @@ class ModelConfig:
                 f"{name}: n_heads={self.n_heads} is not divisible by n_kv_heads={self.n_kv_heads}; "
                 f"n_kv_heads must divide n_heads (e.g. {_divisor_near(self.n_heads, self.n_kv_heads or 1)})."
             )
+        if self.d_head is not None and (not isinstance(self.d_head, int) or self.d_head <= 0):
+            raise ConfigError(f"{name}.d_head={self.d_head!r} must be a positive integer (or None for "
+                              f"d_model // n_heads).")
+        for f in ("norm_eps", "rope_theta", "init_std"):
+            if not getattr(self, f) > 0:
+                raise ConfigError(f"{name}.{f}={getattr(self, f)!r} must be positive.")
         for f in ("dropout", "attn_dropout", "ffn_dropout"):
             v = getattr(self, f)
             if not 0.0 <= v < 1.0:

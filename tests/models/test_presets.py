@@ -92,3 +92,7 @@ def test_invalid_configs_name_the_fix():
         llama.Config(d_model=36, n_heads=4)
     with pytest.raises(ConfigError, match=r"pad_id=600 must be in \[0, vocab_size=512\)"):
         gpt2.PRESETS["gpt2-tiny"].config.replace(pad_id=600)
+    with pytest.raises(ConfigError, match=r"gpt2.Config.norm_eps=0.0 must be positive"):
+        gpt2.Config(norm_eps=0.0)
+    with pytest.raises(ConfigError, match=r"llama.Config.d_head=0 must be a positive integer"):
+        llama.Config(d_head=0)
