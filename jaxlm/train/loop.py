@@ -213,7 +213,9 @@ def train(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False) -> dict
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     check_writable(run_dir)
     _check_config(run_dir, run, say)
-    C.save(run, run_dir / "config.json")
+    main = jax.process_index() == 0  # multi-process runs share RUN_DIR: only process 0 writes its files
+    if main:
+        C.save(run, run_dir / "config.json")
     if t.init_from and not (run_dir / pipeline.TOKENIZER_FILE).exists() \
             and (Path(t.init_from) / pipeline.TOKENIZER_FILE).exists():
         shutil.copy(Path(t.init_from) / pipeline.TOKENIZER_FILE, run_dir / pipeline.TOKENIZER_FILE)
@@ -256,12 +258,12 @@ def train(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False) -> dict
     step_c, eval_c = b["step"], b["eval"]
 
     metrics_file = run_dir / "metrics.jsonl"
-    if resumed_from is not None:
+    if main and resumed_from is not None:
         _truncate_metrics(metrics_file, start)
-    elif metrics_file.exists():
+    elif main and metrics_file.exists():
         metrics_file.unlink()
     tb = None
-    if t.tensorboard:
+    if t.tensorboard and main:
         from tensorboardX import SummaryWriter
 
         tb = SummaryWriter(str(run_dir / "tb"))
@@ -272,7 +274,13 @@ def train(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False) -> dict
     fpt = M.flops_per_token(n_params, layers, seq, cfg.d_model)
     peak = (t.peak_flops or M.peak_flops()) * jax.device_count()
     tokens_per_step = t.batch_size * seq
-    say(f"model: {type(cfg).family} {n_params:,} parameters; {par.report().splitlines()[0]}")
+    report = par.report()  # how every parameter is sharded: RUN_DIR/sharding.txt, summary and warning here
+    if main:
+        (run_dir / "sharding.txt").write_text(report + "\n")
+    say(f"model: {type(cfg).family} {n_params:,} parameters; {report.splitlines()[0]}")
+    for line in report.splitlines()[1:]:
+        if line.startswith(("parameters:", "WARNING")):
+            say(line)
 
     def do_eval(params) -> dict:
         if prep.eval is None:
@@ -329,8 +337,9 @@ def train(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False) -> dict
         timer["t"], timer["steps"] = now, 0
 
     def _log(row: dict) -> None:
-        with metrics_file.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        if main:
+            with metrics_file.open("a") as f:
+                f.write(json.dumps(row) + "\n")
         if tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, float) and math.isfinite(v):
@@ -359,8 +368,13 @@ def train(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False) -> dict
                 if fault and s + 1 == fault:
                     ckpt.wait()  # the earlier save is complete, as it would be in a long real step
                     print(f"fault injection: hanging in step {fault}", file=sys.stderr, flush=True)
-                    while True:
-                        time.sleep(1)
+                    while not sig.received:  # SIGKILL ends it here; SIGTERM/SIGINT save step s and stop
+                        time.sleep(0.1)
+                    flush()
+                    save(s, {})
+                    interrupted = sig.received
+                    say(f"{interrupted} received: saved checkpoint step {s}; rerun the same command to resume.")
+                    break
                 batch = prep.train.batch(s, t.batch_size)
                 ms = []
                 for j in range(t.grad_accum):
@@ -400,7 +414,7 @@ def train(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False) -> dict
         ckpt.close()
         if tb is not None:
             tb.close()
-    png = plot_losses(metrics_file, run_dir / "loss.png") if t.plot else None
+    png = plot_losses(metrics_file, run_dir / "loss.png") if t.plot and main else None
     return {"step": s, "loss": last.get("loss"), "last_eval": last_eval, "first_eval": first_eval,
             "interrupted": interrupted, "resumed_from": resumed_from, "run_dir": str(run_dir),
             "info": prep.info, "plot": None if png is None else str(png), "last_checkpoint": last_saved}

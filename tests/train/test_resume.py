@@ -58,6 +58,23 @@ def test_kill9_during_step_15_resumes_from_10_bit_for_bit(tiny_experiment: Path,
         assert got[s] == ref[s], f"step {s}: resumed {got[s]!r} != uninterrupted {ref[s]!r}"
     assert ckpt_steps(killed) == ckpt_steps(full)
 
+    # SIGTERM in the same place: the run saves step 14 and exits 143; the rerun resumes from 14
+    termed = tmp_path / "termed"
+    p = subprocess.Popen([sys.executable, "-m", "jaxlm.cli", *args, str(termed)], cwd=REPO, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in p.stderr:
+            if "hanging in step 15" in line:
+                break
+        p.send_signal(signal.SIGTERM)
+    finally:
+        p.wait(timeout=60)
+    assert p.returncode == 143
+    assert ckpt_steps(termed) == [10, 14]
+    r = run_cli(*args, str(termed))
+    assert r.returncode == 0 and "resuming from checkpoint step 14" in r.stdout
+    assert losses(termed) == ref
+
 
 def test_corrupt_checkpoint_falls_back_to_newest_good(tiny_experiment: Path, tmp_path: Path):
     from jaxlm.train import checkpoint
