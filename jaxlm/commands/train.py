@@ -21,6 +21,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     p.add_argument("--run-dir", required=True, help="where config, tokenizer, checkpoints and metrics go")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    g = p.add_argument_group("multi-process runs (not needed on TPU pods, SLURM or mpirun: detected)")
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0 (env JAXLM_COORDINATOR)")
+    g.add_argument("--num-processes", type=int, help="processes in the job (env JAXLM_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, help="this process, 0..N-1 (env JAXLM_PROCESS_ID)")
     return p
 
 
@@ -31,8 +35,11 @@ def main(argv: list[str]) -> int:
     from jaxlm.train.loop import TrainingError, train
 
     try:
+        from jaxlm import distributed
+
+        distributed.initialize(distributed.Settings(args.coordinator, args.num_processes, args.process_id))
         run = C.apply_overrides(C.load_experiment(args.experiment), args.overrides)
-        out = train(run, args.run_dir, quiet=args.quiet)
+        out = train(run, args.run_dir, quiet=args.quiet or not distributed.is_main())
     except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"jaxlm train: error: {e}", file=sys.stderr)
         return 2

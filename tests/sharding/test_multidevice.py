@@ -129,3 +129,51 @@ def test_checkpoint_moves_between_meshes_and_two_processes_match_one(tmp_path):
         here = res["multiproc_" + conf]
         assert not same_fingerprint(outs[0][conf]["fingerprint"], here["fingerprint"]), conf
         np.testing.assert_allclose(here["next_loss"], outs[0][conf]["next_loss"], rtol=RTOL, err_msg=conf)
+
+
+@pytest.mark.slow
+def test_jaxlm_train_on_two_processes_equals_one_process(tmp_path, shared_data):
+    """The README's multi-process command: ``jaxlm train ... --coordinator --num-processes --process-id`` on
+    2 processes x 4 CPU devices sharing one run directory logs the losses of ``jaxlm train`` on 1 process x
+    8 devices, writes each file once (process 0) and saves one Orbax checkpoint from both processes."""
+    import json
+    import os
+
+    args = [str(REPO / "experiments/gpt2_shakespeare.py"), "model.preset=gpt2-tiny", "data.seq_len=32",
+            f"data.path={shared_data / 'tinyshakespeare/input.txt'}", "train.steps=4", "train.batch_size=16",
+            "train.log_every=1", "train.eval_every=0", "train.eval_batches=2", "train.checkpoint_every=0",
+            "model.dropout=0.0", "model.attn_dropout=0.0", "train.tensorboard=false", "train.plot=false",
+            "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "--quiet"]
+    jaxlm = [sys.executable, "-m", "jaxlm.cli", "train"]
+    base = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    port = _free_port()
+    mp_env = dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    procs = [subprocess.Popen([*jaxlm, *args, "--run-dir", str(tmp_path / "two"), "--coordinator",
+                               f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mp_env, cwd=REPO)
+             for i in range(2)]
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=600)
+            assert p.returncode == 0, err[-4000:]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    one = subprocess.run([*jaxlm, *args, "--run-dir", str(tmp_path / "one")], capture_output=True, text=True,
+                         env=dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=8"), cwd=REPO,
+                         timeout=600)
+    assert one.returncode == 0, one.stderr[-4000:]
+
+    def losses(d):
+        rows = [json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+    two, ref = losses("two"), losses("one")
+    assert [s for s, _ in two] == [1, 2, 3, 4] == [s for s, _ in ref]  # each step logged once
+    np.testing.assert_allclose([v for _, v in two], [v for _, v in ref], rtol=RTOL)
+    assert (tmp_path / "two" / "checkpoints" / "4").is_dir()
+    report = (tmp_path / "two" / "sharding.txt").read_text()
+    assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2} (8 devices)" in report
+    assert "(None, 'fsdp', 'tensor', None)" in report  # the q projection: embed -> fsdp, heads -> tensor
