@@ -79,7 +79,9 @@ def _time_steps(run, args) -> dict:
     return {"first_s": first, "times": times}
 
 
-def worker_jaxlm(args, overrides: dict) -> dict:
+def build_jaxlm(args, overrides: dict):
+    """(run, box, info): ``run()`` = one real jaxlm train step (blocks); info has compile_s and XLA analysis."""
+    overrides = dict(overrides)
     xent = overrides.pop("xent", "plain")
     import jax
     import jax.numpy as jnp
@@ -110,21 +112,38 @@ def worker_jaxlm(args, overrides: dict) -> dict:
                              "segment_ids": jnp.ones((B, T), jnp.int32),
                              "positions": jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))})
     box = {"state": state}
-    compile_s, fn = None, step
-    if args.split_compile:  # ahead-of-time lower + compile, timed alone; then run that executable
-        from jaxlm import sharding
+    from jaxlm import sharding
 
-        t0 = time.perf_counter()
-        with sharding.use_mesh(par.mesh, par.rules):
-            fn = step.jitted.lower(state, batch).compile()
-        compile_s = time.perf_counter() - t0
+    # ahead-of-time lower + compile, timed alone; then run that executable (same jit, same donation)
+    t0 = time.perf_counter()
+    with sharding.use_mesh(par.mesh, par.rules):
+        fn = step.jitted.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    analysis = {}
+    try:  # XLA's static view of the step: independent of machine load
+        ma = fn.memory_analysis()
+        analysis["temp_mb"] = ma.temp_size_in_bytes / 2**20
+        analysis["args_mb"] = ma.argument_size_in_bytes / 2**20
+        ca = fn.cost_analysis()
+        ca = ca[0] if isinstance(ca, list) else ca
+        analysis["gflop"] = ca.get("flops", float("nan")) / 1e9
+        analysis["gb_accessed"] = ca.get("bytes accessed", float("nan")) / 1e9
+    except Exception as e:  # noqa: BLE001 - analysis is optional information
+        analysis["error"] = repr(e)
 
     def run():
         box["state"], m = fn(box["state"], batch)
         box["loss"] = float(m["loss"])  # blocks until the step is done
 
+    return run, box, {"compile_s": compile_s, "analysis": analysis}
+
+
+def worker_jaxlm(args, overrides: dict) -> dict:
+    run, box, info = build_jaxlm(args, overrides)
+    if args.steps == 0:  # compile only (the depth table)
+        return dict(info, times=[], first_s=None, loss=None)
     out = _time_steps(run, args)
-    out.update(loss=box["loss"], compile_s=compile_s)
+    out.update(loss=box["loss"], **info)
     return out
 
 
@@ -162,9 +181,7 @@ def _torch_setup(args, which: str):
     return model, opt, loss_fn
 
 
-def worker_torch(args, which: str) -> dict:
-    import torch
-
+def build_torch(args, which: str):
     model, opt, loss_fn = _torch_setup(args, which)
     box = {}
 
@@ -173,11 +190,55 @@ def worker_torch(args, which: str) -> dict:
         loss = loss_fn()
         loss.backward()
         opt.step()
-        box["loss"] = float(loss)
+        box["loss"] = float(loss.detach())
 
+    return run, box, {}
+
+
+def worker_torch(args, which: str) -> dict:
+    import torch
+
+    run, box, _ = build_torch(args, which)
     out = _time_steps(run, args)
     out.update(loss=box["loss"], threads=torch.get_num_threads())
     return out
+
+
+def _jaxlm_overrides(impl: str, args) -> dict:
+    ov = _overrides(impl)
+    if args.layers:
+        ov.setdefault("n_layers", args.layers)
+    return ov
+
+
+def worker_paired(args) -> dict:
+    """All ``--paired`` implementations in this one process, stepped in turn (a, b, c, a, b, c, ...; the
+    order rotates every round) so that changes in machine load hit each of them alike. Returns per-impl step
+    times aligned by round (for paired ratios)."""
+    impls = args.paired
+    runners = {}
+    for impl in impls:
+        t0 = time.perf_counter()
+        if impl.startswith("jaxlm"):
+            runners[impl] = build_jaxlm(args, _jaxlm_overrides(impl, args))
+        else:
+            runners[impl] = build_torch(args, impl)
+        run = runners[impl][0]
+        run()  # compile (jaxlm AOT compile happened in build) / torch.compile's first call
+        runners[impl][2]["first_s"] = time.perf_counter() - t0
+        for _ in range(args.warmup - 1):
+            run()
+        print(f"built {impl} in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    times = {i: [] for i in impls}
+    for r in range(args.steps):
+        order = impls[r % len(impls):] + impls[: r % len(impls)]
+        for impl in order:
+            t0 = time.perf_counter()
+            runners[impl][0]()
+            times[impl].append(time.perf_counter() - t0)
+        print(f"round {r}: " + ", ".join(f"{i} {times[i][-1]:.2f}s" for i in impls), file=sys.stderr, flush=True)
+    return {"times": times, "loss": {i: runners[i][1]["loss"] for i in impls},
+            "info": {i: runners[i][2] for i in impls}}
 
 
 def worker_peak(args) -> dict:
@@ -201,11 +262,10 @@ def worker(args) -> dict:
     impl = args.worker
     if impl == "peak":
         out = worker_peak(args)
+    elif impl == "paired":
+        out = worker_paired(args)
     elif impl.startswith("jaxlm"):
-        overrides = _overrides(impl)
-        if args.layers:
-            overrides.setdefault("n_layers", args.layers)
-        out = worker_jaxlm(args, overrides)
+        out = worker_jaxlm(args, _jaxlm_overrides(impl, args))
     else:
         out = worker_torch(args, impl)
     out.update(impl=impl, rss_mb=_rss_mb())
@@ -226,17 +286,21 @@ def spawn(impl: str, args, **extra) -> dict:
     cmd = [sys.executable, __file__, "--worker", impl, "--vocab", str(args.vocab), "--seq", str(args.seq),
            "--batch", str(args.batch), "--steps", str(extra.get("steps", args.steps)),
            "--warmup", str(extra.get("warmup", args.warmup))]
-    if extra.get("layers"):
-        cmd += ["--layers", str(extra["layers"])]
-    if extra.get("split_compile"):
-        cmd += ["--split-compile"]
+    if extra.get("layers") or args.layers:
+        cmd += ["--layers", str(extra.get("layers") or args.layers)]
+    if extra.get("paired"):
+        cmd += ["--paired", *extra["paired"]]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+    log = open(args.log, "a") if args.log else subprocess.DEVNULL  # noqa: SIM115 - worker progress
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log if args.log else subprocess.PIPE, text=True,
+                       env=env, timeout=args.timeout)
+    if args.log:
+        log.close()
     if p.returncode != 0:
-        err = (p.stderr.strip().splitlines() or ["?"])[-1]
+        err = (((p.stderr or "").strip().splitlines()) or ["see the log"])[-1] + f" (exit code {p.returncode})"
         print(f"  {impl}: FAILED ({err})", file=sys.stderr)
-        return {"impl": impl, "error": err, "stderr": p.stderr[-4000:]}
+        return {"impl": impl, "error": err, "stderr": (p.stderr or "")[-4000:]}
     out = json.loads(p.stdout.strip().splitlines()[-1])
     out["wall_s"] = time.perf_counter() - t0
     return out
@@ -254,61 +318,55 @@ def quartiles(xs):
 
 
 def speed_table(args) -> str:
+    """Speed from one process that steps every implementation in turn (paired, load-fair); compile time,
+    first-step overhead and peak RSS from one subprocess per implementation (alternating order)."""
     peaks = [spawn("peak", args)]
-    runs: dict[str, list[dict]] = {i: [] for i in args.impls}
-    for r in range(args.rounds):
-        order = args.impls if r % 2 == 0 else args.impls[::-1]
-        for impl in order:
-            res = spawn(impl, args)
-            runs[impl].append(res)
-            if "error" not in res:
-                tps = args.batch * args.seq / statistics.median(res["times"])
-                print(f"  round {r}: {impl:40s} {tps:8.0f} tok/s  first step {res['first_s']:.1f}s "
-                      f"rss {res['rss_mb']:.0f} MB", file=sys.stderr)
+    print(f"  peak: {peaks[0].get('gflops')}", file=sys.stderr)
+    paired = spawn("paired", args, paired=args.impls)
+    if "error" in paired:
+        raise SystemExit(f"paired run failed:\n{paired['stderr']}")
     peaks.append(spawn("peak", args))
     peak = max(p["gflops"] for p in peaks if "gflops" in p)
-    fpt = flops_per_token(args.vocab, MODEL["n_layers"], args.seq)
-    rows, best_torch, res_tps = [], 0.0, {}
-    for impl, rs in runs.items():
-        ok = [r for r in rs if "error" not in r]
-        if not ok:
-            rows.append((impl, None, rs[0]["error"]))
-            continue
-        tps = [args.batch * args.seq / t for r in ok for t in r["times"]]
-        lo, med, hi = quartiles(tps)
-        first = statistics.median(r["first_s"] for r in ok)
-        step = statistics.median(t for r in ok for t in r["times"])
-        res_tps[impl] = med
-        if not impl.startswith("jaxlm"):
-            best_torch = max(best_torch, med)
-        rows.append((impl, (lo, med, hi, len(tps), first - step, max(r["rss_mb"] for r in ok),
-                            statistics.median(r["loss"] for r in ok)), None))
+    alone = {}
+    if args.rss:
+        for impl in (args.impls if args.rounds % 2 else args.impls[::-1]):
+            alone[impl] = spawn(impl, args, steps=2, warmup=1)
+            print(f"  alone {impl}: rss {alone[impl].get('rss_mb')}", file=sys.stderr)
+    fpt = flops_per_token(args.vocab, args.layers or MODEL["n_layers"], args.seq)
+    tok = args.batch * args.seq
+    times = paired["times"]
+    med = {i: tok / statistics.median(t) for i, t in times.items()}
+    peers = [i for i in args.impls if not i.startswith("jaxlm")]
+    ref = max(peers, key=lambda i: med[i]) if peers else None
     lines = [f"float32 matmul peak (jitted 4096^3 jnp.dot, best of 2 runs): **{peak:.0f} GFLOP/s**; "
-             f"model FLOPs/token = {fpt / 1e6:.1f} M",
+             f"model FLOPs/token = {fpt / 1e6:.1f} M; fastest PyTorch peer: {ref}",
              "",
-             "| implementation | tokens/s median | IQR | steps | MFU | vs fastest PyTorch | compile / first-step "
-             "overhead (s) | peak RSS (MB) | loss after run |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for impl, v, err in rows:
-        if v is None:
-            lines.append(f"| {impl} | failed: {err} | | | | | | | |")
-            continue
-        lo, med, hi, n, comp, rss, loss = v
-        mfu = med * fpt / (peak * 1e9)
-        ratio = f"{med / best_torch:.2f}x" if best_torch else "-"
-        lines.append(f"| {impl} | {med:,.0f} | {lo:,.0f}–{hi:,.0f} | {n} | {mfu:.1%} | {ratio} | {comp:.1f} | "
-                     f"{rss:,.0f} | {loss:.3f} |")
+             "| implementation | tokens/s median | IQR | best step | steps | MFU (median) | vs fastest PyTorch "
+             "(paired median) | compile (jaxlm) / first-step overhead (torch) (s) | peak RSS alone (MB) | "
+             "loss after run |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for impl in args.impls:
+        tps = [tok / t for t in times[impl]]
+        lo, m, hi = quartiles(tps)
+        ratio = "-" if ref is None else f"{statistics.median(a / b for a, b in zip(times[ref], times[impl])):.2f}x"
+        info = paired["info"][impl]
+        step = statistics.median(times[impl])
+        comp = info["compile_s"] if info.get("compile_s") is not None else info["first_s"] - step
+        rss = alone.get(impl, {}).get("rss_mb")
+        rss_s = "-" if rss is None else f"{rss:,.0f}"
+        lines.append(f"| {impl} | {m:,.0f} | {lo:,.0f}–{hi:,.0f} | {max(tps):,.0f} | {len(tps)} | "
+                     f"{m * fpt / (peak * 1e9):.1%} | {ratio} | {comp:.1f} | {rss_s} | "
+                     f"{paired['loss'][impl]:.3f} |")
     return "\n".join(lines)
 
 
 def depth_table(args) -> str:
-    lines = ["| layers | scan: compile (s) | unrolled: compile (s) | scan: step (s) | unrolled: step (s) |",
-             "|---:|---:|---:|---:|---:|"]
+    lines = ["| layers | scan: compile (s) | unrolled: compile (s) | scan: compiler peak RSS (MB) | "
+             "unrolled: compiler peak RSS (MB) |", "|---:|---:|---:|---:|---:|"]
     for n in args.depths:
         cells = {}
         for scan in (True, False):
-            res = spawn(f"jaxlm:scan_layers={str(scan).lower()}", args, layers=n, steps=2, warmup=1,
-                        split_compile=True)
+            res = spawn(f"jaxlm:scan_layers={str(scan).lower()}", args, layers=n, steps=0, warmup=1)
             cells[scan] = res
             print(f"  depth {n} scan={scan}: {res.get('compile_s')}", file=sys.stderr)
 
@@ -316,23 +374,42 @@ def depth_table(args) -> str:
             return "failed" if "error" in r else f"{r['compile_s']:.1f}"
 
         def s(r):
-            return "failed" if "error" in r else f"{statistics.median(r['times']):.2f}"
+            return "failed" if "error" in r else f"{r['rss_mb']:,.0f}"
 
         lines.append(f"| {n} | {c(cells[True])} | {c(cells[False])} | {s(cells[True])} | {s(cells[False])} |")
     return "\n".join(lines)
 
 
+def analysis_table(args) -> str:
+    """XLA's compile-time view of each jaxlm variant's step (no timing: unaffected by machine load)."""
+    lines = ["| variant | compile (s) | temp buffers (MB) | XLA flops (G) | XLA bytes accessed (GB) |",
+             "|---|---:|---:|---:|---:|"]
+    for impl in args.impls:
+        res = spawn(impl, args, steps=1, warmup=1, layers=args.layers)
+        a = res.get("analysis", {})
+        print(f"  analysis {impl}: {a}", file=sys.stderr)
+        if "error" in res or "temp_mb" not in a:
+            lines.append(f"| {impl} | failed: {res.get('error', a.get('error'))} | | | |")
+            continue
+        lines.append(f"| {impl} | {res['compile_s']:.1f} | {a['temp_mb']:,.0f} | {a['gflop']:.0f} | "
+                     f"{a['gb_accessed']:.1f} |")
+    return "\n".join(lines)
+
+
 def memory_table(args) -> str:
-    lines = ["| model (24 layers) | remat | peak RSS (MB) | step (s) |", "|---|---|---:|---:|"]
+    lines = ["| model (24 layers) | remat | peak RSS (MB) | XLA temp buffers of the step (MB) | step (s) |",
+             "|---|---|---:|---:|---:|"]
     for impl in args.impls:
         res = spawn(impl, args, layers=24, steps=2, warmup=1)
         print(f"  memory {impl}: {res.get('rss_mb')}", file=sys.stderr)
         ov = _overrides(impl)
         if "error" in res:
-            lines.append(f"| {impl} | {ov.get('remat', '-')} | failed | |")
+            lines.append(f"| {impl} | {ov.get('remat', '-')} | failed: {res['error']} | | |")
         else:
+            temp = res.get("analysis", {}).get("temp_mb")
             lines.append(f"| {impl} | {ov.get('remat', 'none' if impl.startswith('jaxlm') else '-')} | "
-                         f"{res['rss_mb']:,.0f} | {statistics.median(res['times']):.2f} |")
+                         f"{res['rss_mb']:,.0f} | {'-' if temp is None else f'{temp:,.0f}'} | "
+                         f"{statistics.median(res['times']):.2f} |")
     return "\n".join(lines)
 
 
@@ -342,16 +419,19 @@ def main(argv=None) -> int:
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=6, help="timed steps per round")
+    ap.add_argument("--steps", type=int, default=12, help="timed steps (rounds of the paired run)")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=1, help="(per-implementation RSS runs: order flips if even)")
+    ap.add_argument("--no-rss", dest="rss", action="store_false", help="skip the per-implementation RSS runs")
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--depth", action="store_true", help="compile time vs depth (scan vs unrolled)")
     ap.add_argument("--depths", type=int, nargs="+", default=[6, 24, 48])
     ap.add_argument("--memory", action="store_true", help="peak RSS at 24 layers for --impls")
-    ap.add_argument("--timeout", type=int, default=600)
+    ap.add_argument("--analysis", action="store_true", help="XLA memory/cost analysis of jaxlm --impls")
+    ap.add_argument("--timeout", type=int, default=1500, help="seconds per subprocess")
+    ap.add_argument("--log", help="append the workers' progress (stderr) to this file")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--split-compile", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--paired", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args)))
@@ -361,6 +441,8 @@ def main(argv=None) -> int:
         table = depth_table(args)
     elif args.memory:
         table = memory_table(args)
+    elif args.analysis:
+        table = analysis_table(args)
     else:
         table = speed_table(args)
     print(table)
