@@ -188,13 +188,13 @@ def test_bert_mlm_then_finetune_from_its_params(tmp_path: Path):
               "train.log_every=5", "train.eval_batches=2", "train.progress=false", "train.tensorboard=false",
               "train.plot=false"]
     exp = "experiments/bert_sentiment.py"
-    mlm = C.apply_overrides(C.load_experiment(exp), [*common, "train.steps=5", "data.tokenizer=char"])
+    mlm = C.apply_overrides(C.load_experiment(exp), [*common, "train.steps=5"])
     out = train(mlm, tmp_path / "mlm", quiet=True)
     assert out["step"] == 5
     ft = C.apply_overrides(C.load_experiment(exp + ":finetune"),
                            [*common, "train.steps=30", "data.eval_path=", "data.eval_fraction=0.2",
-                            f"train.init_from={tmp_path / 'mlm'}", "train.lr=3e-3", "train.warmup_steps=3",
-                            "data.tokenizer=char", "model.dropout=0.0"])
+                            f"train.init_from={tmp_path / 'mlm'}", "train.lr=2e-3", "train.warmup_steps=3",
+                            "model.dropout=0.0"])
     out = train(ft, tmp_path / "ft", quiet=True)
     from jaxlm.train.checkpoint import load_run
 
