@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxlm.config import ConfigError
 from jaxlm.params import flatten, unflatten
 
 log = logging.getLogger(__name__)
@@ -56,15 +57,15 @@ def make_mesh(
     sizes = [data, fsdp, tensor]
     shown = f"mesh.data={data}, mesh.fsdp={fsdp}, mesh.tensor={tensor}"
     if any(not isinstance(s, int | np.integer) or isinstance(s, bool) for s in sizes):
-        raise ValueError(f"{shown}: mesh sizes must be integers.")
+        raise ConfigError(f"{shown}: mesh sizes must be integers.")
     if sizes.count(-1) > 1:
-        raise ValueError(f"{shown}: at most one mesh size may be -1 (fill the rest).")
+        raise ConfigError(f"{shown}: at most one mesh size may be -1 (fill the rest).")
     if any(s < 1 and s != -1 for s in sizes):
-        raise ValueError(f"{shown}: mesh sizes must be >= 1 (or one of them -1).")
+        raise ConfigError(f"{shown}: mesh sizes must be >= 1 (or one of them -1).")
     if -1 in sizes:
         known = math.prod(s for s in sizes if s != -1)
         if n % known:
-            raise ValueError(
+            raise ConfigError(
                 f"{shown} cannot fill the {n} available devices: {n} is not divisible by {known}. "
                 f"Make the fixed sizes multiply to a divisor of {n}."
             )
@@ -72,7 +73,7 @@ def make_mesh(
     if math.prod(sizes) != n:
         other = sizes[1] * sizes[2]
         hint = f"mesh.data={n // other}" if n % other == 0 else "mesh.data=-1 with sizes that divide it"
-        raise ValueError(
+        raise ConfigError(
             f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = {math.prod(sizes)} devices, but "
             f"{n} devices are available: choose sizes whose product is {n} (e.g. {hint}, or set one size "
             f"to -1 to fill the rest)."

@@ -55,7 +55,8 @@ def test_report_shows_specs_and_warns_when_mostly_replicated():
 
 def test_mesh_size_must_match_the_devices():
     n = jax.device_count()
-    with pytest.raises(ValueError, match=rf"= {2 * n} devices, but {n} devices are available.*-1"):
+    # ConfigError (a ValueError): `jaxlm train` prints it as one line, no traceback
+    with pytest.raises(ConfigError, match=rf"= {2 * n} devices, but {n} devices are available.*-1"):
         sharding.make_mesh(2 * n, 1, 1)
     with pytest.raises(ValueError, match="at most one mesh size may be -1"):
         sharding.make_mesh(-1, -1, 1)
