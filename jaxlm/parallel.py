@@ -251,17 +251,17 @@ class Parallel:
         return jax.device_put(state, self.state_shardings(state))
 
     def unreplicate(self, state: Any) -> Any:
-        """The state in the plain layout (for checkpoints, evaluation, generation): a no-op under jit, the
-        first replica under pmap."""
+        """The state in the plain layout (for checkpoints, evaluation, generation): a no-op under jit; under
+        pmap the first replica, as global arrays replicated over the mesh."""
         if self.mode != "pmap":
             return state
         from flax import jax_utils
 
         plain = jax_utils.unreplicate(state)
-        if jax.process_count() == 1:
-            return plain
-        # multi-host: the first replica is host-local; Orbax and jit need global (replicated) arrays
         rep = sharding.replicated(self.mesh)
+        if jax.process_count() == 1:  # replicated on the mesh, where evaluation's jit expects it
+            return jax.device_put(plain, rep)
+        # multi-host: the first replica is host-local; Orbax and jit need global (replicated) arrays
 
         def to_global(x):
             if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
@@ -366,10 +366,14 @@ class Parallel:
         return run_jit
 
     def compile_eval(self, eval_step: Callable, state: Any) -> Callable:
-        """``eval_step(params_or_state, batch) -> metrics`` jitted on this mesh (pmap runs evaluate on the
-        unreplicated state with the jit layout of a data-parallel mesh)."""
-        sh = self.state_shardings(state) if self.mode == "jit" else None
-        jitted = jax.jit(eval_step, in_shardings=None if sh is None else (sh, self.batch_sharding()),
+        """``eval_step(params_or_state, batch) -> metrics`` jitted on this mesh; batches come from
+        ``place_batch(..., for_eval=True)``. pmap runs evaluate :meth:`unreplicate`'s state (replicated on
+        the data-parallel mesh) with the jit layout."""
+        if self.mode == "jit":
+            sh = self.state_shardings(state)
+        else:  # pmap runs evaluate the unreplicated state, replicated on the (n, 1, 1) mesh
+            sh = jax.tree.map(lambda _: sharding.replicated(self.mesh), state)
+        jitted = jax.jit(eval_step, in_shardings=(sh, self.batch_sharding()),
                          out_shardings=sharding.replicated(self.mesh))
         mesh, rules = self.mesh, self.rules
 

@@ -29,5 +29,10 @@ def make_step(cfg, opt, grad_axis_name=None):
     return tstep.make_train_step(task, cfg, opt, grad_axis_name=grad_axis_name)
 
 
+def make_eval(cfg):
+    task = tasks.make_task("seq2seq" if type(cfg).family == "transformer" else "causal_lm")
+    return tstep.make_eval_step(task, cfg)
+
+
 def params_of(state):
     return state.params

@@ -32,6 +32,9 @@ def test_every_layout_trains_the_same_losses(model):
     for name, r in res.items():
         np.testing.assert_allclose(r["losses"], ref, rtol=RTOL, err_msg=f"{model} {name} {r['mesh']}")
 
+    # evaluation after training: the pmap run's unreplicated params evaluate like the 2x2x2 run's
+    np.testing.assert_allclose(res["pmap8"]["eval_loss"], res["data2_fsdp2_tensor2"]["eval_loss"], rtol=RTOL)
+
     # parameters and Adam moments are sharded as the rules say: vocab/heads/mlp -> tensor, embed -> fsdp
     enc = "decoder/" if model.startswith("transformer") else ""
     expect = {

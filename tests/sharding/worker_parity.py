@@ -58,6 +58,11 @@ def main(name: str, which: list[str]) -> dict:
         for b in data:
             state, m = train(state, par.place_batch(b))
             losses.append(float(m["loss"]))
+        eval_loss = None
+        if conf in ("data2_fsdp2_tensor2", "pmap8"):  # evaluation of the trained (unreplicated) params
+            params = L.params_of(par.unreplicate(state))
+            ev = par.compile_eval(L.make_eval(cfg), params)
+            eval_loss = float(ev(params, par.place_batch(data[0], for_eval=True))["loss"])
         specs = {}  # read after training: the step's out_shardings kept the layout
         if par.mode == "jit":
             for kp, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
@@ -68,6 +73,7 @@ def main(name: str, which: list[str]) -> dict:
         emb = L.params_of(state)["embed"]["tokens"]
         out[conf] = {"losses": losses, "specs": specs, "seconds": time.perf_counter() - t0,
                      "mesh": dict(par.mesh.shape), "log": buf.getvalue(), "constraints": constraints,
+                     "eval_loss": eval_loss,
                      "shard_shape": list(emb.addressable_shards[0].data.shape) if par.mode == "jit" else None}
     return out
 
