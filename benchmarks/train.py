@@ -332,51 +332,81 @@ def speed_table(args) -> str:
         for impl in (args.impls if args.rounds % 2 else args.impls[::-1]):
             alone[impl] = spawn(impl, args, steps=2, warmup=1)
             print(f"  alone {impl}: rss {alone[impl].get('rss_mb')}", file=sys.stderr)
+    return format_speed(args, paired["times"], peak, paired["info"], paired["loss"], alone)
+
+
+def format_speed(args, times: dict, peak: float | None, info: dict, loss: dict, alone: dict) -> str:
     fpt = flops_per_token(args.vocab, args.layers or MODEL["n_layers"], args.seq)
     tok = args.batch * args.seq
-    times = paired["times"]
     med = {i: tok / statistics.median(t) for i, t in times.items()}
-    peers = [i for i in args.impls if not i.startswith("jaxlm")]
+    impls = list(times)
+    peers = [i for i in impls if not i.startswith("jaxlm")]
     ref = max(peers, key=lambda i: med[i]) if peers else None
-    lines = [f"float32 matmul peak (jitted 4096^3 jnp.dot, best of 2 runs): **{peak:.0f} GFLOP/s**; "
-             f"model FLOPs/token = {fpt / 1e6:.1f} M; fastest PyTorch peer: {ref}",
+    peak_s = "not measured" if peak is None else f"**{peak:.0f} GFLOP/s**"
+    lines = [f"float32 matmul peak (jitted 4096^3 jnp.dot, best of the runs): {peak_s}; "
+             f"model FLOPs/token = {fpt / 1e6:.1f} M; fastest PyTorch peer (median): {ref}",
              "",
              "| implementation | tokens/s median | IQR | best step | steps | MFU (median) | vs fastest PyTorch "
              "(paired median) | compile (jaxlm) / first-step overhead (torch) (s) | peak RSS alone (MB) | "
              "loss after run |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for impl in args.impls:
+    for impl in impls:
         tps = [tok / t for t in times[impl]]
         lo, m, hi = quartiles(tps)
         ratio = "-" if ref is None else f"{statistics.median(a / b for a, b in zip(times[ref], times[impl])):.2f}x"
-        info = paired["info"][impl]
         step = statistics.median(times[impl])
-        comp = info["compile_s"] if info.get("compile_s") is not None else info["first_s"] - step
+        inf = info.get(impl, {})
+        if inf.get("compile_s") is not None:
+            comp = f"{inf['compile_s']:.1f}"
+        elif inf.get("first_s") is not None:
+            comp = f"{inf['first_s'] - step:.1f}"
+        else:
+            comp = "-"
         rss = alone.get(impl, {}).get("rss_mb")
         rss_s = "-" if rss is None else f"{rss:,.0f}"
-        lines.append(f"| {impl} | {m:,.0f} | {lo:,.0f}–{hi:,.0f} | {max(tps):,.0f} | {len(tps)} | "
-                     f"{m * fpt / (peak * 1e9):.1%} | {ratio} | {comp:.1f} | {rss_s} | "
-                     f"{paired['loss'][impl]:.3f} |")
+        mfu = "-" if peak is None else f"{m * fpt / (peak * 1e9):.1%}"
+        lo_s = "-" if loss.get(impl) is None else f"{loss[impl]:.3f}"
+        lines.append(f"| {impl} | {m:,.0f} | {lo:,.0f}–{hi:,.0f} | {max(tps):,.0f} | {len(tps)} | {mfu} | {ratio} | "
+                     f"{comp} | {rss_s} | {lo_s} |")
     return "\n".join(lines)
 
 
+def from_log(args) -> str:
+    """Rebuild the speed table from a paired worker's progress log (``round i: impl 1.23s, ...`` lines), e.g.
+    when the run was cut short: every complete round counts."""
+    import re
+
+    times: dict[str, list[float]] = {}
+    for line in open(args.from_log):
+        if line.startswith("round "):
+            for impl, t in re.findall(r"(\S+) ([\d.]+)s(?:,|$)", line.split(":", 1)[1].strip()):
+                times.setdefault(impl, []).append(float(t))
+    n = min(len(t) for t in times.values())
+    times = {i: t[:n] for i, t in times.items()}
+    return format_speed(args, times, args.peak, {}, {}, {})
+
+
 def depth_table(args) -> str:
+    """Compile time (AOT lower + compile of the real step, no run) against depth; all scan runs first."""
     lines = ["| layers | scan: compile (s) | unrolled: compile (s) | scan: compiler peak RSS (MB) | "
              "unrolled: compiler peak RSS (MB) |", "|---:|---:|---:|---:|---:|"]
-    for n in args.depths:
-        cells = {}
-        for scan in (True, False):
+    cells = {}
+    for scan in (True, False):
+        for n in args.depths:
             res = spawn(f"jaxlm:scan_layers={str(scan).lower()}", args, layers=n, steps=0, warmup=1)
-            cells[scan] = res
-            print(f"  depth {n} scan={scan}: {res.get('compile_s')}", file=sys.stderr)
+            cells[n, scan] = res
+            print(f"  depth {n} scan={scan}: compile {res.get('compile_s')} s, rss {res.get('rss_mb')} MB "
+                  f"{res.get('error', '')}", file=sys.stderr, flush=True)
 
-        def c(r):
-            return "failed" if "error" in r else f"{r['compile_s']:.1f}"
+    def c(r):
+        return f"failed: {r['error']}" if "error" in r else f"{r['compile_s']:.1f}"
 
-        def s(r):
-            return "failed" if "error" in r else f"{r['rss_mb']:,.0f}"
+    def s(r):
+        return "-" if "error" in r else f"{r['rss_mb']:,.0f}"
 
-        lines.append(f"| {n} | {c(cells[True])} | {c(cells[False])} | {s(cells[True])} | {s(cells[False])} |")
+    for n in args.depths:
+        t, u = cells[n, True], cells[n, False]
+        lines.append(f"| {n} | {c(t)} | {c(u)} | {s(t)} | {s(u)} |")
     return "\n".join(lines)
 
 
@@ -385,7 +415,7 @@ def analysis_table(args) -> str:
     lines = ["| variant | compile (s) | temp buffers (MB) | XLA flops (G) | XLA bytes accessed (GB) |",
              "|---|---:|---:|---:|---:|"]
     for impl in args.impls:
-        res = spawn(impl, args, steps=1, warmup=1, layers=args.layers)
+        res = spawn(impl, args, steps=0, warmup=1, layers=args.layers)
         a = res.get("analysis", {})
         print(f"  analysis {impl}: {a}", file=sys.stderr)
         if "error" in res or "temp_mb" not in a:
@@ -397,10 +427,11 @@ def analysis_table(args) -> str:
 
 
 def memory_table(args) -> str:
-    lines = ["| model (24 layers) | remat | peak RSS (MB) | XLA temp buffers of the step (MB) | step (s) |",
+    lines = [f"| model ({args.memory_layers} layers) | remat | peak RSS (MB) | XLA temp buffers of the step (MB) | "
+             "step (s) |",
              "|---|---|---:|---:|---:|"]
     for impl in args.impls:
-        res = spawn(impl, args, layers=24, steps=2, warmup=1)
+        res = spawn(impl, args, layers=args.memory_layers, steps=2, warmup=1)
         print(f"  memory {impl}: {res.get('rss_mb')}", file=sys.stderr)
         ov = _overrides(impl)
         if "error" in res:
@@ -426,10 +457,13 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--depth", action="store_true", help="compile time vs depth (scan vs unrolled)")
     ap.add_argument("--depths", type=int, nargs="+", default=[6, 24, 48])
-    ap.add_argument("--memory", action="store_true", help="peak RSS at 24 layers for --impls")
+    ap.add_argument("--memory", action="store_true", help="peak RSS at --memory-layers for --impls")
+    ap.add_argument("--memory-layers", type=int, default=24)
     ap.add_argument("--analysis", action="store_true", help="XLA memory/cost analysis of jaxlm --impls")
     ap.add_argument("--timeout", type=int, default=1500, help="seconds per subprocess")
     ap.add_argument("--log", help="append the workers' progress (stderr) to this file")
+    ap.add_argument("--from-log", help="rebuild the speed table from a paired run's --log file")
+    ap.add_argument("--peak", type=float, help="with --from-log: the matmul peak (GFLOP/s) measured in that run")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--paired", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -437,7 +471,9 @@ def main(argv=None) -> int:
         print(json.dumps(worker(args)))
         return 0
     t0 = time.time()
-    if args.depth:
+    if args.from_log:
+        table = from_log(args)
+    elif args.depth:
         table = depth_table(args)
     elif args.memory:
         table = memory_table(args)
