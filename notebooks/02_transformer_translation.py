@@ -115,7 +115,7 @@ run = C.RunConfig(
     train=C.TrainConfig(task="seq2seq", steps=steps, batch_size=batch, lr=1e-3 if not QUICK else 3e-3,
                         warmup_steps=max(steps // 12, 1), b2=0.98, label_smoothing=0.1, eval_every=steps // 4,
                         eval_batches=4 if QUICK else 8, checkpoint_every=0, log_every=10, progress=False,
-                        tensorboard=False),
+                        tensorboard=False, plot=False),
     data=C.DataConfig(path=str(mt / "train.de"), target_path=str(mt / "train.en"), eval_path=str(mt / "val.de"),
                       eval_target_path=str(mt / "val.en"), tokenizer="bpe", vocab_size=vocab, seq_len=32,
                       target_len=32, max_examples=n_train, max_eval_examples=256 if QUICK else None),

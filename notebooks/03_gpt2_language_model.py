@@ -84,7 +84,7 @@ run = C.RunConfig(
     model=model,
     train=C.TrainConfig(task="causal_lm", steps=steps, batch_size=batch, lr=2e-3, warmup_steps=steps // 12,
                         b2=0.99, weight_decay=0.1, eval_every=steps // 4, eval_batches=10 if QUICK else 40,
-                        checkpoint_every=0, log_every=10, progress=False, tensorboard=False),
+                        checkpoint_every=0, log_every=10, progress=False, tensorboard=False, plot=False),
     data=C.DataConfig(path=str(path), tokenizer="char", seq_len=seq, eval_fraction=0.1),
 )
 out = train(run, RUNS / "shakespeare", quiet=True)

@@ -76,7 +76,7 @@ def run_config(task, steps, lr, init_from=""):
         train=C.TrainConfig(task=task, steps=steps, batch_size=32 if QUICK else 64, lr=lr,
                             warmup_steps=max(steps // 15, 1), weight_decay=0.01, eval_every=steps // 2,
                             eval_batches=8 if QUICK else 14, checkpoint_every=0, log_every=10, progress=False,
-                            tensorboard=False, init_from=init_from),
+                            tensorboard=False, plot=False, init_from=init_from),
         data=C.DataConfig(path=str(sst / "train.tsv"), eval_path=str(sst / "dev.tsv"), format="tsv",
                           text_column="sentence", label_column="label", tokenizer="bpe", vocab_size=vocab,
                           seq_len=64, max_examples=n_train, max_eval_examples=256 if QUICK else None),
