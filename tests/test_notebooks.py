@@ -50,7 +50,8 @@ def _images(nb) -> int:
 
 def test_notebooks_are_found():
     names = {p.name for p in NOTEBOOK_FILES}
-    assert {"01_attention.py", "05_composing_models.py"} <= names, names
+    assert {"01_attention.py", "02_transformer_translation.py", "03_gpt2_language_model.py",
+            "04_bert_pretrain_finetune.py", "05_composing_models.py"} <= names, names
 
 
 @pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=[p.stem for p in NOTEBOOK_FILES])
