@@ -58,6 +58,7 @@ def test_fused_errors():
         xent.cross_entropy(h, table, t, block=0)
 
 
+@pytest.mark.slow
 def test_fused_task_in_train_step_matches_plain_task():
     """A real train step (jaxlm.train.step) with the fused task fn == with the plain causal_lm task (SGD, so
     parameter differences are gradient differences; Adam would amplify rounding in near-zero gradients)."""
