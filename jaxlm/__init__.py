@@ -4,10 +4,11 @@ Models are data plus pure functions: ``spec(cfg)`` declares parameters, ``init(k
 ``apply(params, inputs, cfg, ...)`` runs the model. Parameter trees are plain nested dicts of arrays.
 """
 
-from jaxlm import config, models, nn, params, sharding
+from jaxlm import config, distributed, generate, models, nn, parallel, params, sharding
 from jaxlm.models import get
 from jaxlm.params import Param, abstract, count, init
 
 __version__ = "0.1.0"
 
-__all__ = ["Param", "abstract", "config", "count", "get", "init", "models", "nn", "params", "sharding"]
+__all__ = ["Param", "abstract", "config", "count", "distributed", "generate", "get", "init", "models", "nn", "parallel",
+           "params", "sharding"]

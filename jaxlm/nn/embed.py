@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlm import sharding
 from jaxlm.params import Param, normal, zeros
 
 
@@ -45,7 +46,9 @@ def check_tokens(tokens, vocab_size: int, what: str = "token ids", fix: str | No
 
 def apply(p: dict, tokens: jax.Array, dtype=jnp.float32, scale: float | None = None) -> jax.Array:
     """Look up ``tokens`` [B, T] -> [B, T, D], optionally multiplied by ``scale`` (the paper's sqrt(d))."""
-    x = jnp.take(p["tokens"], tokens, axis=0).astype(dtype)
+    # an FSDP-sharded table is gathered first (see sharding.gathered): a lookup into it otherwise
+    # makes XLA replicate the whole activation
+    x = jnp.take(sharding.gathered(p["tokens"], ("vocab", "embed")), tokens, axis=0).astype(dtype)
     return x * scale if scale is not None else x
 
 

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlm import sharding
 from jaxlm.params import Param, normal
 
 POS_EMB = ("sinusoidal", "learned", "rope", "alibi", "none")
@@ -32,7 +33,7 @@ def learned_spec(cfg) -> dict:
 
 def learned(p: dict, positions: jax.Array, dtype=jnp.float32) -> jax.Array:
     """Look up learned position vectors: ``positions`` [B, T] -> [B, T, D]."""
-    return jnp.take(p["positions"], positions, axis=0).astype(dtype)
+    return jnp.take(sharding.gathered(p["positions"], (None, "embed")), positions, axis=0).astype(dtype)
 
 
 def rope_frequencies(head_dim: int, theta: float = 10000.0) -> jax.Array:
