@@ -67,16 +67,18 @@ def classification_loss(logits: jax.Array, labels: jax.Array, **kw) -> dict[str,
 
 
 def span_loss(start_logits: jax.Array, end_logits: jax.Array, start: jax.Array, end: jax.Array,
-              valid: jax.Array | None = None) -> dict[str, jax.Array]:
+              valid: jax.Array | None = None, weights: jax.Array | None = None) -> dict[str, jax.Array]:
     """Extractive QA (BERT §4.2): the mean of start- and end-position cross-entropies over the tokens.
     ``start_logits``/``end_logits`` [B, T]; ``start``/``end`` [B]; ``valid`` [B, T] masks padding out of
-    the softmax. ``correct`` counts examples whose start and end are both right."""
+    the softmax; ``weights`` [B] (None = all count) weighs examples. ``correct`` counts examples whose
+    start and end are both right."""
     if valid is not None:
         neg = jnp.finfo(jnp.float32).min
         start_logits = jnp.where(valid, start_logits, neg)
         end_logits = jnp.where(valid, end_logits, neg)
-    s = cross_entropy(start_logits, start)
-    e = cross_entropy(end_logits, end)
+    s = cross_entropy(start_logits, start, weights)
+    e = cross_entropy(end_logits, end, weights)
     both = (jnp.argmax(start_logits, -1) == start) & (jnp.argmax(end_logits, -1) == end)
+    w = jnp.ones(both.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
     return {"loss": 0.5 * (s["loss"] + e["loss"]), "nll": 0.5 * (s["nll"] + e["nll"]),
-            "correct": jnp.sum(both.astype(jnp.float32)), "weight": s["weight"]}
+            "correct": jnp.sum(both.astype(jnp.float32) * w), "weight": s["weight"]}

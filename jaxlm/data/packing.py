@@ -111,6 +111,10 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+# arrays whose zeros make a row count for nothing in a loss (see ArrayData.sequential)
+PER_TOKEN_WEIGHTS = ("weights", "maskable")
+
+
 @dataclass
 class ArrayData:
     """A dataset of equal-length arrays (leading dim N) with a deterministic, seekable batch order.
@@ -155,12 +159,25 @@ class ArrayData:
         return {k: v[idx] for k, v in self.arrays.items()}
 
     def sequential(self, batch_size: int, max_batches: int | None = None):
-        """Batches in stored order (evaluation): full batches only, at most ``max_batches``."""
-        n = self.batches_per_epoch(batch_size)
-        if n == 0 and len(self):  # fewer examples than one batch: evaluate them as one smaller batch
-            yield dict(self.arrays)
-            return
+        """Batches in stored order (evaluation), at most ``max_batches``; every example is seen.
+
+        The last, partial batch is padded to ``batch_size`` (one compiled shape, and it still divides over
+        the data-parallel devices) with copies of the first row whose weights are zero: ``weights`` and
+        ``maskable`` rows are zeroed where present, and that batch carries ``example_weights`` [B] (1 = real
+        example, 0 = padding), which the per-example tasks (classification, span) use."""
+        n_full = self.batches_per_epoch(batch_size)
+        n = -(-len(self) // batch_size)
         if max_batches is not None:
             n = min(n, max_batches)
         for i in range(n):
-            yield {k: v[i * batch_size:(i + 1) * batch_size] for k, v in self.arrays.items()}
+            if i < n_full:
+                yield {k: v[i * batch_size:(i + 1) * batch_size] for k, v in self.arrays.items()}
+                continue
+            real = len(self) - i * batch_size
+            idx = np.concatenate([np.arange(i * batch_size, len(self)), np.zeros(batch_size - real, np.int64)])
+            b = {k: v[idx] for k, v in self.arrays.items()}
+            for k in PER_TOKEN_WEIGHTS:
+                if k in b:
+                    b[k][real:] = 0  # fancy indexing made a copy
+            b["example_weights"] = (np.arange(batch_size) < real).astype(np.float32)
+            yield b

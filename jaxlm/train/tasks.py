@@ -12,6 +12,7 @@ Batches (all arrays have a leading batch dim B):
   ``weights`` [B, T].
 - ``classification`` (BERT + classifier): ``tokens``, ``valid`` [B, T], ``labels`` [B].
 - ``span`` (BERT + span head): ``tokens``, ``valid`` [B, T], ``start``, ``end`` [B].
+Classification and span batches may carry ``example_weights`` [B] (0 = a padding row of the last eval batch).
 """
 
 from __future__ import annotations
@@ -79,14 +80,14 @@ def _seq2seq(task: Task, params, batch, key, cfg, train):
 def _classification(task: Task, params, batch, key, cfg, train):
     out = family_of(cfg).apply(params, batch["tokens"], cfg, valid=batch.get("valid"),
                                key=task.dropout_key(key, train))
-    return task.ce(out["logits"], batch["labels"])
+    return task.ce(out["logits"], batch["labels"], batch.get("example_weights"))
 
 
 def _span(task: Task, params, batch, key, cfg, train):
     out = family_of(cfg).apply(params, batch["tokens"], cfg, valid=batch.get("valid"),
                                key=task.dropout_key(key, train))
     return losses.span_loss(out["start_logits"], out["end_logits"], batch["start"], batch["end"],
-                            batch.get("valid"))
+                            batch.get("valid"), batch.get("example_weights"))
 
 
 TASKS: dict[str, Callable] = {"causal_lm": _causal_lm, "mlm": _mlm, "seq2seq": _seq2seq,
