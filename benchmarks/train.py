@@ -29,8 +29,9 @@ throughput of a jitted 4096 x 4096 @ 4096 x 4096 ``jnp.dot`` measured in its own
     python benchmarks/train.py --memory                # peak RSS at 24 layers, remat on/off
 
 An implementation name ``jaxlm:k=v,k=v`` overrides model-config fields (``attn_impl``, ``remat``,
-``scan_layers``, ``n_layers``) for that run. Results are printed as a markdown table (and written into the
-``## Training`` section of benchmarks/RESULTS.md with ``--write``).
+``scan_layers``, ``n_layers``) for that run. Results are printed as a markdown table with the command that
+produced it; benchmarks/RESULTS.md ``## Training`` holds the tables of record, each with its date, load
+and command.
 """
 
 from __future__ import annotations
