@@ -111,10 +111,6 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-# arrays whose zeros make a row count for nothing in a loss (see ArrayData.sequential)
-PER_TOKEN_WEIGHTS = ("weights", "maskable")
-
-
 @dataclass
 class ArrayData:
     """A dataset of equal-length arrays (leading dim N) with a deterministic, seekable batch order.
@@ -161,23 +157,18 @@ class ArrayData:
     def sequential(self, batch_size: int, max_batches: int | None = None):
         """Batches in stored order (evaluation), at most ``max_batches``; every example is seen.
 
-        The last, partial batch is padded to ``batch_size`` (one compiled shape, and it still divides over
-        the data-parallel devices) with copies of the first row whose weights are zero: ``weights`` and
-        ``maskable`` rows are zeroed where present, and that batch carries ``example_weights`` [B] (1 = real
-        example, 0 = padding), which the per-example tasks (classification, span) use."""
-        n_full = self.batches_per_epoch(batch_size)
+        Every batch carries ``example_weights`` [B] (1 = a real example, 0 = padding), which every task
+        multiplies into its loss weights: the last, partial batch is padded to ``batch_size`` with copies
+        of the first row, so evaluation runs one compiled shape that still divides over the data-parallel
+        devices."""
         n = -(-len(self) // batch_size)
         if max_batches is not None:
             n = min(n, max_batches)
         for i in range(n):
-            if i < n_full:
-                yield {k: v[i * batch_size:(i + 1) * batch_size] for k, v in self.arrays.items()}
-                continue
-            real = len(self) - i * batch_size
-            idx = np.concatenate([np.arange(i * batch_size, len(self)), np.zeros(batch_size - real, np.int64)])
+            lo = i * batch_size
+            real = min(batch_size, len(self) - lo)
+            idx = np.arange(lo, lo + batch_size)
+            idx[real:] = 0
             b = {k: v[idx] for k, v in self.arrays.items()}
-            for k in PER_TOKEN_WEIGHTS:
-                if k in b:
-                    b[k][real:] = 0  # fancy indexing made a copy
             b["example_weights"] = (np.arange(batch_size) < real).astype(np.float32)
             yield b

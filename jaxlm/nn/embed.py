@@ -9,11 +9,13 @@ import numpy as np
 from jaxlm import sharding
 from jaxlm.params import Param, normal, zeros
 
+TOKENS_AXES = ("vocab", "embed")  # logical axes of the [V, D] table (spec and lookup)
+
 
 def spec(cfg) -> dict:
     """``{"tokens": [V, D]}``."""
     std = cfg.init_std if getattr(cfg, "init", "normal") == "normal" else cfg.d_model**-0.5
-    return {"tokens": Param((cfg.vocab_size, cfg.d_model), ("vocab", "embed"), normal(std), jnp.dtype(cfg.param_dtype))}
+    return {"tokens": Param((cfg.vocab_size, cfg.d_model), TOKENS_AXES, normal(std), jnp.dtype(cfg.param_dtype))}
 
 
 def unembed_spec(cfg, bias: bool = False) -> dict:
@@ -48,7 +50,7 @@ def apply(p: dict, tokens: jax.Array, dtype=jnp.float32, scale: float | None = N
     """Look up ``tokens`` [B, T] -> [B, T, D], optionally multiplied by ``scale`` (the paper's sqrt(d))."""
     # an FSDP-sharded table is gathered first (see sharding.gathered): a lookup into it otherwise
     # makes XLA replicate the whole activation
-    x = jnp.take(sharding.gathered(p["tokens"], ("vocab", "embed")), tokens, axis=0).astype(dtype)
+    x = jnp.take(sharding.gathered(p["tokens"], TOKENS_AXES), tokens, axis=0).astype(dtype)
     return x * scale if scale is not None else x
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from jaxlm import sharding
 from jaxlm.params import Param, normal
 
+POSITIONS_AXES = (None, "embed")  # logical axes of the learned [max_len, D] table (spec and lookup)
 POS_EMB = ("sinusoidal", "learned", "rope", "alibi", "none")
 
 
@@ -28,12 +29,12 @@ def sinusoidal(positions: jax.Array, d_model: int, dtype=jnp.float32) -> jax.Arr
 
 def learned_spec(cfg) -> dict:
     """``{"positions": [max_len, D]}``."""
-    return {"positions": Param((cfg.max_len, cfg.d_model), (None, "embed"), normal(cfg.init_std), jnp.dtype(cfg.param_dtype))}
+    return {"positions": Param((cfg.max_len, cfg.d_model), POSITIONS_AXES, normal(cfg.init_std), jnp.dtype(cfg.param_dtype))}
 
 
 def learned(p: dict, positions: jax.Array, dtype=jnp.float32) -> jax.Array:
     """Look up learned position vectors: ``positions`` [B, T] -> [B, T, D]."""
-    return jnp.take(sharding.gathered(p["positions"], (None, "embed")), positions, axis=0).astype(dtype)
+    return jnp.take(sharding.gathered(p["positions"], POSITIONS_AXES), positions, axis=0).astype(dtype)
 
 
 def rope_frequencies(head_dim: int, theta: float = 10000.0) -> jax.Array:

@@ -12,7 +12,8 @@ Batches (all arrays have a leading batch dim B):
   ``weights`` [B, T].
 - ``classification`` (BERT + classifier): ``tokens``, ``valid`` [B, T], ``labels`` [B].
 - ``span`` (BERT + span head): ``tokens``, ``valid`` [B, T], ``start``, ``end`` [B].
-Classification and span batches may carry ``example_weights`` [B] (0 = a padding row of the last eval batch).
+Any batch may carry ``example_weights`` [B] (0 = a padding row of the last eval batch, see
+:meth:`jaxlm.data.packing.ArrayData.sequential`); every task multiplies it into its loss weights.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import jax
+import jax.numpy as jnp
 
 from jaxlm import losses
 from jaxlm.models import family_of
@@ -51,10 +53,19 @@ class Task:
                                     z_loss=self.z_loss)
 
 
+def _rows(batch: dict, weights, shape) -> jax.Array | None:
+    """``weights`` (None = all count) of ``shape`` [B, ...] times the batch's ``example_weights`` [B]."""
+    ew = batch.get("example_weights")
+    if ew is None:
+        return weights
+    ew = jnp.broadcast_to(ew.reshape(ew.shape + (1,) * (len(shape) - 1)), shape).astype(jnp.float32)
+    return ew if weights is None else ew * weights
+
+
 def _causal_lm(task: Task, params, batch, key, cfg, train):
     logits = family_of(cfg).apply(params, batch["inputs"], cfg, positions=batch.get("positions"),
                                   segment_ids=batch.get("segment_ids"), key=task.dropout_key(key, train))
-    return task.ce(logits, batch["targets"], batch.get("weights"))
+    return task.ce(logits, batch["targets"], _rows(batch, batch.get("weights"), batch["targets"].shape))
 
 
 def _mlm(task: Task, params, batch, key, cfg, train):
@@ -68,26 +79,26 @@ def _mlm(task: Task, params, batch, key, cfg, train):
     out = family_of(cfg).apply(params, corrupted, cfg, valid=batch.get("valid"),
                                positions=batch.get("positions"), segment_ids=batch.get("segment_ids"),
                                key=task.dropout_key(k_drop, train))
-    return task.ce(out["mlm_logits"], tokens, selected)
+    return task.ce(out["mlm_logits"], tokens, _rows(batch, selected, tokens.shape))
 
 
 def _seq2seq(task: Task, params, batch, key, cfg, train):
     logits = family_of(cfg).apply(params, batch["src"], batch["tgt_in"], cfg, src_valid=batch["src_valid"],
                                   tgt_valid=batch.get("tgt_valid"), key=task.dropout_key(key, train))
-    return task.ce(logits, batch["tgt_out"], batch["weights"])
+    return task.ce(logits, batch["tgt_out"], _rows(batch, batch["weights"], batch["tgt_out"].shape))
 
 
 def _classification(task: Task, params, batch, key, cfg, train):
     out = family_of(cfg).apply(params, batch["tokens"], cfg, valid=batch.get("valid"),
                                key=task.dropout_key(key, train))
-    return task.ce(out["logits"], batch["labels"], batch.get("example_weights"))
+    return task.ce(out["logits"], batch["labels"], _rows(batch, None, batch["labels"].shape))
 
 
 def _span(task: Task, params, batch, key, cfg, train):
     out = family_of(cfg).apply(params, batch["tokens"], cfg, valid=batch.get("valid"),
                                key=task.dropout_key(key, train))
     return losses.span_loss(out["start_logits"], out["end_logits"], batch["start"], batch["end"],
-                            batch.get("valid"), batch.get("example_weights"))
+                            batch.get("valid"), _rows(batch, None, batch["start"].shape))
 
 
 TASKS: dict[str, Callable] = {"causal_lm": _causal_lm, "mlm": _mlm, "seq2seq": _seq2seq,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxlm.data import packing
-from jaxlm.models import bert
+from jaxlm.models import bert, gpt2
 from jaxlm.train.tasks import make_task
 
 N, T = 10, 12
@@ -22,6 +22,12 @@ def _bert_data(rng):
             "start": rng.integers(1, 3, N).astype(np.int32), "end": rng.integers(3, 4, N).astype(np.int32)}
 
 
+def _gpt2_data(rng):
+    tokens = rng.integers(0, 256, (N, T + 1)).astype(np.int32)
+    weights = (rng.random((N, T)) < 0.8).astype(np.float32)
+    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "weights": weights}
+
+
 def _sums(task, params, batches, cfg):
     tot = {}
     for b in batches:
@@ -32,17 +38,16 @@ def _sums(task, params, batches, cfg):
 
 
 def test_sequential_pads_the_last_batch_and_marks_padding():
-    arrays = {"x": np.arange(N), "weights": np.ones((N, 3), np.float32), "maskable": np.ones((N, 3), bool)}
+    arrays = {"x": np.arange(N), "weights": np.ones((N, 3), np.float32)}
     batches = list(packing.ArrayData(arrays).sequential(4))
     assert [len(b["x"]) for b in batches] == [4, 4, 4]
     last = batches[-1]
-    assert last["x"][:2].tolist() == [8, 9]
-    assert last["example_weights"].tolist() == [1, 1, 0, 0]
-    assert last["weights"][2:].sum() == 0 and last["maskable"][2:].sum() == 0
-    assert sum(b["weights"].sum() for b in batches) == N * 3
-    assert arrays["weights"].sum() == N * 3  # the stored arrays are not modified
+    assert last["x"].tolist() == [8, 9, 0, 0]
+    assert [b["example_weights"].tolist() for b in batches] == [[1, 1, 1, 1]] * 2 + [[1, 1, 0, 0]]
+    assert np.concatenate([b["x"][b["example_weights"] > 0] for b in batches]).tolist() == list(range(N))
     assert len(list(packing.ArrayData(arrays).sequential(4, max_batches=2))) == 2
-    assert len(list(packing.ArrayData(arrays).sequential(20))) == 1  # fewer examples than one batch
+    small = list(packing.ArrayData(arrays).sequential(20))  # fewer examples than one batch
+    assert len(small) == 1 and small[0]["example_weights"].sum() == N
 
 
 @pytest.mark.parametrize("task_name,head", [("classification", "classifier"), ("span", "span")])
@@ -61,3 +66,16 @@ def test_metrics_over_padded_batches_equal_metrics_over_all_examples(task_name, 
     unweighted = _sums(task, params, [{k: v for k, v in b.items() if k != "example_weights"}
                                       for b in packing.ArrayData(data).sequential(4)], cfg)
     assert unweighted["weight"] == N + 2
+
+
+def test_token_weighted_metrics_over_padded_batches_equal_metrics_over_all_examples():
+    cfg = gpt2.Config(vocab_size=256, max_len=T, d_model=32, n_heads=2, n_layers=1, d_ff=64, dropout=0.0,
+                      attn_dropout=0.0)
+    params = gpt2.init(jax.random.key(0), cfg)
+    data = _gpt2_data(np.random.default_rng(0))
+    task = make_task("causal_lm")
+    whole = _sums(task, params, [data], cfg)
+    padded = _sums(task, params, packing.ArrayData(data).sequential(4), cfg)
+    assert padded["weight"] == whole["weight"] == data["weights"].sum()
+    assert padded["correct"] == whole["correct"]
+    np.testing.assert_allclose(padded["loss"], whole["loss"], rtol=1e-5)
