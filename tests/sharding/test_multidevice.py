@@ -85,6 +85,28 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("model", ["gpt2-tiny", "llama-tiny", "transformer-tiny"])
+def test_generation_with_sharded_params_equals_one_device(model):
+    """generate / stream / beam_search over parameters sharded tensor-parallel (and FSDP x data) give the
+    tokens, logits and beam scores of the same parameters on one device."""
+    layouts = ("tensor2", "data2_fsdp2_tensor2")
+    res = run_worker("worker_generate.py", model, ",".join(layouts))
+    ref = res["single"]
+    assert len(ref["greedy"]) == 4 and all(len(t) == 6 for t in ref["greedy"])
+    assert ref["stream"] == ref["greedy"][1]
+    dec = "decoder/" if model.startswith("transformer") else ""
+    for lay in layouts:
+        r = res[lay]
+        # the parameters really were split: heads over tensor, and FSDP on the embed axis where asked
+        q = r["specs"][f"{dec}layers/attn/q/w"]
+        assert q[2] == "tensor" and q[1] == ("fsdp" if "fsdp" in lay else None), (lay, q)
+        for key in ("greedy", "sampled", "beams", "stream"):
+            assert r[key] == ref[key], (lay, key)
+        np.testing.assert_allclose(r["logits"], ref["logits"], atol=1e-5, err_msg=lay)
+        np.testing.assert_allclose(r["beam_scores"], ref["beam_scores"], atol=1e-5, err_msg=lay)
+
+
+@pytest.mark.slow
 def test_checkpoint_moves_between_meshes_and_two_processes_match_one(tmp_path):
     """2 processes x 4 CPU devices (gloo) on 127.0.0.1 train the same losses as 1 process x 8 devices, and
     both processes save one Orbax checkpoint; a 2x2x2 checkpoint restores onto 8x1x1 and onto one device."""
