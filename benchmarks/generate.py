@@ -167,10 +167,9 @@ Median of {args.repeats} interleaved runs (jaxlm, HF, jaxlm, HF, ...); jaxlm com
 - versions: python {platform.python_version()}, jax {jax.__version__}, torch {torch.__version__},
   transformers {transformers.__version__}; torch threads {torch.get_num_threads()}
 - command: `{cmd.strip()}`
-- the machine is shared with other jobs and was noisy while this ran: individual runs are listed so the
-  spread is visible. PyTorch suffers more from a busy machine than XLA (its threads wait on each other), so
-  the ratio of medians flatters jaxlm when runs were disturbed; the ratio of the best (least disturbed) runs
-  is the conservative figure.
+- individual runs are listed so the spread is visible. PyTorch suffers more from a busy machine than XLA
+  (its threads wait on each other), so the ratio of medians flatters jaxlm when runs were disturbed; the
+  ratio of the best (least disturbed) runs is the conservative figure.
 
 What was measured on the way (ms per new token on this machine, same benchmark; see
 `jaxlm/generate/adapters.py` for the reasons):
@@ -186,14 +185,14 @@ What was measured on the way (ms per new token on this machine, same benchmark; 
 Tried and dropped: attention as multiply-and-reduce over the cache (3x slower than the batched dots);
 slicing the stacked weights inside the loop body (3.2 ms/token of weight copies, DESIGN §7); XLA's plain
 dot emitter instead of its XNNPACK fusions (`--xla_cpu_experimental_ynn_fusion_type=`, 1.5x slower). At
-batch 1 a step reads all 55.7 MB of float32 weights; the profiled weight matmuls ran at 30-40 GB/s, so
-~1.4-1.8 ms/token is the floor for float32 weights here, which is where jaxlm is; going lower needs fewer
-bytes per token (bf16/int8 weights), which would also change the greedy tokens compared above.
+batch 1 a step reads all 55.7 MB of float32 weights from memory (more than the 32 MB L3 cache), so it is
+bound by memory bandwidth, not arithmetic: the subsections below measure where the time goes.
 """
     path = HERE / "RESULTS.md"
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if "## Generation" in text:  # replace only our section (up to the next "## " heading)
-        text = re.sub(r"## Generation\n.*?(?=^## |\Z)", section.replace("\\", "\\\\") + "\n", text,
+    if "## Generation" in text:  # replace our table and notes, up to the next heading; keep the
+        # hand-written "###" analyses below them (they say which run they describe)
+        text = re.sub(r"## Generation\n.*?(?=^##|\Z)", section.replace("\\", "\\\\") + "\n", text,
                       flags=re.S | re.M)
     else:
         text = text.rstrip("\n") + "\n\n" + section
