@@ -1,4 +1,5 @@
-"""``jaxlm eval RUN_DIR``: evaluate a run's newest good checkpoint on its evaluation data.
+"""``jaxlm eval RUN_DIR [--step N|best|latest]``: evaluate a run's checkpoint (the newest good one, or
+``--step``; ``best`` = the one kept for the best ``train.best_metric``) on its evaluation data.
 
 Prints loss, perplexity and accuracy (JSON with ``--json``). ``key=value`` overrides change the data or
 batch settings (e.g. ``data.eval_path=other.txt train.eval_batches=50``); the model and tokenizer are the run's.
@@ -13,7 +14,7 @@ import sys
 from jaxlm.config import ConfigError
 
 
-def evaluate_run(run_dir: str, overrides: list[str] = (), step: int | None = None) -> dict:
+def evaluate_run(run_dir: str, overrides: list[str] = (), step: int | str | None = None) -> dict:
     """Metrics (eval_loss, eval_nll, eval_ppl, eval_accuracy, eval_tokens) of a run's checkpoint on the
     run's evaluation split, plus the checkpoint ``step``."""
     import jax
@@ -45,7 +46,10 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="jaxlm eval", description=__doc__)
     p.add_argument("run_dir", help="a jaxlm run directory")
     p.add_argument("overrides", nargs="*", help="key=value overrides of data.* / train.eval_batches etc.")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest good one)")
+    from jaxlm.train.checkpoint import parse_step
+
+    p.add_argument("--step", type=parse_step, default=None,
+                   help="checkpoint: a step number, 'best' (by train.best_metric) or 'latest' (default)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     from jaxlm.data.text import DataError

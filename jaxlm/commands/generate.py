@@ -34,6 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--length-penalty", type=float, default=0.6, help="GNMT alpha for --beam (default 0.6)")
     ap.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     ap.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence tokens")
+    from jaxlm.train.checkpoint import parse_step
+
+    ap.add_argument("--step", type=parse_step, default=None,
+                    help="run directories: checkpoint step number, 'best' (by train.best_metric) or 'latest' "
+                         "(default)")
     return ap
 
 
@@ -114,9 +119,13 @@ def main(argv: list[str]) -> int:
 
     from jaxlm import pretrained
     from jaxlm.generate import beam_search, stream
+    from jaxlm.train.checkpoint import CheckpointError
 
     try:
-        loaded = pretrained.load(args.path)
+        if args.step is not None and pretrained.kind(args.path) != "run":
+            raise ValueError(f"--step picks a checkpoint of a jaxlm run directory; {args.path} is not one: "
+                             f"drop --step.")
+        loaded = pretrained.load(args.path, **({"step": args.step} if args.step is not None else {}))
         ids = _encode(args, loaded)
         stop = _stop_ids(loaded, args.ignore_eos)
         # a decoder's continuation follows the prompt, so show the prompt first
@@ -134,7 +143,7 @@ def main(argv: list[str]) -> int:
                             **({"temperature": 1.0} | sampling)):
                 printer.add(t)
         printer.add(final=True)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
         print(f"\njaxlm generate: error: {e}", file=sys.stderr)
         return 2
     print()

@@ -20,6 +20,7 @@ state whose loss was NaN/inf, so no good checkpoint is ever replaced by a broken
 
 from __future__ import annotations
 
+import argparse
 import logging
 import shutil
 from pathlib import Path
@@ -56,15 +57,19 @@ class Checkpointer:
         self.dir = (self.run_dir / CHECKPOINTS).absolute()
         self.report = report
         self.best_metric = best_metric
+        self.best_mode = best_mode
         self._report_partial()
         pp = ocp.checkpoint_managers
         policies = [pp.LatestN(n=keep)]
         if best_metric:
             policies.append(pp.BestN(get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min", n=1,
                                      keep_checkpoints_without_metrics=False))
+        # best_fn makes Orbax write each step's metrics to disk (without it they live only in this
+        # process, so a resumed run would forget which checkpoint was best and could delete it)
+        best = {"best_fn": lambda m: m[best_metric], "best_mode": best_mode} if best_metric else {}
         opts = ocp.CheckpointManagerOptions(
             preservation_policy=pp.AnyPreservationPolicy(policies), enable_async_checkpointing=async_save,
-            create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only)
+            create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only, **best)
         self.manager = ocp.CheckpointManager(self.dir, options=opts)
 
     def _report_partial(self) -> None:
@@ -76,6 +81,40 @@ class Checkpointer:
     # --------------------------------------------------------------------------------------------------
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
+
+    def best_step(self) -> int | None:
+        """The kept step with the best ``best_metric`` (lowest for ``best_mode="min"``, highest for "max";
+        the earliest on ties), or None when no kept step recorded that metric."""
+        if not self.best_metric:
+            return None
+        scored = []
+        for s in self.steps():
+            try:
+                v = (self.manager.metrics(s) or {}).get(self.best_metric)
+            except Exception:  # noqa: BLE001 - a step whose metadata cannot be read has no metric
+                v = None
+            if v is not None and np.isfinite(v):
+                scored.append((float(v) if self.best_mode == "min" else -float(v), s))
+        return min(scored)[1] if scored else None
+
+    def _resolve(self, step: int | str | None) -> int | None:
+        """``step`` as an int: ``"best"`` -> :meth:`best_step`, ``"latest"``/None -> None (newest good)."""
+        if step is None or step == "latest":
+            return None
+        if step == "best":
+            best = self.best_step()
+            if best is None:
+                why = ("the run keeps no best checkpoint (train.best_metric is empty)" if not self.best_metric
+                       else f"no checkpoint in {self.dir} recorded {self.best_metric!r} (it is saved with the "
+                            f"checkpoints taken right after an evaluation; see train.eval_every)")
+                raise CheckpointError(f"step 'best': {why}; pass a step number or 'latest' instead.")
+            return best
+        if isinstance(step, bool) or not isinstance(step, int | np.integer):
+            raise CheckpointError(f"step must be a step number, 'best' or 'latest', got {step!r}.")
+        if int(step) not in self.steps():
+            raise CheckpointError(f"{self.dir} has no checkpoint at step {step}; it has steps {self.steps()} "
+                                  f"(or use 'best' / 'latest').")
+        return int(step)
 
     def save(self, step: int, state, meta: dict, metrics: dict | None = None) -> bool:
         """Start saving ``state`` (a plain-layout TrainState) at update ``step`` (async unless disabled).
@@ -112,11 +151,13 @@ class Checkpointer:
             shutil.move(str(src), str(dst))
         self.manager.reload()
 
-    def restore(self, abstract_state, step: int | None = None) -> tuple[Any, dict] | None:
+    def restore(self, abstract_state, step: int | str | None = None) -> tuple[Any, dict] | None:
         """Restore the newest good checkpoint (or ``step``) into ``abstract_state`` (a TrainState of
         ``ShapeDtypeStruct`` with the target shardings). Returns (state, meta) or None when there is none.
-        Unreadable checkpoints are reported, moved aside, and older ones tried."""
+        Unreadable checkpoints are reported, moved aside, and older ones tried. ``step`` may also be
+        ``"best"`` (by ``best_metric``) or ``"latest"``."""
         ocp = _ocp()
+        step = self._resolve(step)
         a = abstract_state
         rest = {"opt_state": a.opt_state, "step": a.step, "rng": a.rng}
         candidates = [step] if step is not None else list(reversed(self.steps()))
@@ -136,10 +177,12 @@ class Checkpointer:
             return a.replace(params=out["params"], opt_state=tr["opt_state"], step=tr["step"], rng=tr["rng"]), meta
         return None
 
-    def restore_params(self, abstract_params, step: int | None = None) -> tuple[Any, int]:
+    def restore_params(self, abstract_params, step: int | str | None = None) -> tuple[Any, int]:
         """Only the parameters (inference, evaluation, fine-tuning): (params, step), newest good step by
-        default. Raises CheckpointError when none can be read."""
+        default, or ``step`` (a number, ``"best"`` by ``best_metric``, ``"latest"``). Raises
+        CheckpointError when none can be read."""
         ocp = _ocp()
+        step = self._resolve(step)
         candidates = [step] if step is not None else list(reversed(self.steps()))
         if not candidates:
             raise CheckpointError(f"{self.dir} holds no checkpoint; train the run first (jaxlm train ...).")
@@ -155,6 +198,17 @@ class Checkpointer:
         raise CheckpointError(f"no checkpoint in {self.dir} can be restored: " + "; ".join(errors))
 
 
+def parse_step(text: str) -> int | str:
+    """A command line's ``--step``: a step number, ``best`` or ``latest``."""
+    if text in ("best", "latest"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a step: give a step number, 'best' or 'latest'.") \
+            from None
+
+
 def _check_finite(params, step: int) -> None:
     bad = [k for k, v in jax.tree_util.tree_leaves_with_path(params)
            if np.issubdtype(np.dtype(v.dtype), np.floating) and not bool(np.isfinite(np.asarray(v)).all())]
@@ -162,10 +216,11 @@ def _check_finite(params, step: int) -> None:
         raise ValueError(f"checkpoint step {step} holds non-finite parameters at {jax.tree_util.keystr(bad[0])}")
 
 
-def load_run(run_dir: str | Path, step: int | None = None, dtype: str | None = None, **_: Any):
+def load_run(run_dir: str | Path, step: int | str | None = None, dtype: str | None = None, **_: Any):
     """A trained run as :class:`jaxlm.pretrained.Loaded`: family module, model Config, params (newest good
-    checkpoint, or ``step``), ``tokenizers.Tokenizer`` (or None) and ``extra`` = {"run": RunConfig,
-    "step": int, "specials": {pad, bos, eos, unk, mask ids}}. ``dtype`` casts floating params."""
+    checkpoint, or ``step``: a number, ``"best"`` by the run's ``train.best_metric``, or ``"latest"``),
+    ``tokenizers.Tokenizer`` (or None) and ``extra`` = {"run": RunConfig, "step": int, "specials": {pad,
+    bos, eos, unk, mask ids}}. ``dtype`` casts floating params."""
     from jaxlm import params as P
     from jaxlm.models import family_of
     from jaxlm.pretrained import Loaded
@@ -175,7 +230,8 @@ def load_run(run_dir: str | Path, step: int | None = None, dtype: str | None = N
     run = C.load(run_dir / "config.json")
     cfg = run.model
     family = family_of(cfg)
-    ck = Checkpointer(run_dir, read_only=True, report=lambda m: log.warning(m))
+    ck = Checkpointer(run_dir, best_metric=run.train.best_metric, best_mode=run.train.best_mode, read_only=True,
+                      report=lambda m: log.warning(m))
     try:
         params, s = ck.restore_params(P.abstract(family.spec(cfg)), step)
     finally:

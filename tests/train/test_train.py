@@ -136,6 +136,23 @@ def test_run_directory_outputs_and_eval_command(tiny_run, tmp_path: Path, capsys
     assert got["step"] == 20
     np.testing.assert_allclose(got["eval_loss"], out["last_eval"]["eval_loss"], rtol=1e-5)
 
+    # --step picks a checkpoint: a number, or 'best' by train.best_metric (eval_loss, lowest)
+    best = min(ev, key=lambda r: r["eval_loss"])
+    for which, want in (("10", ev[0]), ("best", best)):
+        assert eval_cmd.main([str(run_dir), "--json", "--step", which]) == 0
+        got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert got["step"] == want["step"]
+        np.testing.assert_allclose(got["eval_loss"], want["eval_loss"], rtol=1e-5)
+    assert eval_cmd.main([str(run_dir), "--step", "7"]) == 2
+    assert "no checkpoint at step 7; it has steps [10, 20]" in capsys.readouterr().err
+    from jaxlm.commands import generate as gen_cmd
+
+    assert gen_cmd.main([str(run_dir), "--prompt", "the cat", "--greedy", "--max-new-tokens", "4",
+                         "--step", "10"]) == 0
+    assert capsys.readouterr().out.startswith("the cat")
+    assert gen_cmd.main([str(run_dir), "--prompt", "the", "--step", "7"]) == 2
+    assert "no checkpoint at step 7" in capsys.readouterr().err
+
     # rerunning a finished run resumes at its end and trains nothing more
     again = train(tiny_run, run_dir, quiet=True)
     assert again["resumed_from"] == 20 and again["step"] == 20
