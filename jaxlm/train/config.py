@@ -58,6 +58,7 @@ class TrainConfig:
     best_mode: str = "min"
     async_checkpoint: bool = True
     init_from: str = ""  # a run directory whose params start this run (fine-tuning); heads absent there are new
+    init_step: str = "latest"  # init_from's checkpoint: a step number, "best" (its best_metric) or "latest"
     peak_flops: float | None = None  # per-device peak FLOP/s for the MFU estimate (None = a table by device)
     progress: bool = True
     tensorboard: bool = True
@@ -81,6 +82,8 @@ class TrainConfig:
             raise C.ConfigError(f"train.label_smoothing={self.label_smoothing} must be in [0, 1).")
         if not 0 < self.mlm_prob < 1:
             raise C.ConfigError(f"train.mlm_prob={self.mlm_prob} must be in (0, 1).")
+        if self.init_step not in ("best", "latest") and not self.init_step.isdigit():
+            raise C.ConfigError(f"train.init_step={self.init_step!r} must be a step number, 'best' or 'latest'.")
         if self.schedule == "noam" and self.warmup_steps == 0:
             raise C.ConfigError("train.schedule='noam' needs train.warmup_steps > 0 (the paper uses 4000).")
 

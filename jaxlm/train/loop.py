@@ -179,7 +179,8 @@ def _check_config(run_dir: Path, run: C.RunConfig, say) -> None:
 
 
 _LOOP_ONLY = ("log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "best_metric",
-              "best_mode", "async_checkpoint", "init_from", "peak_flops", "progress", "tensorboard", "plot")
+              "best_mode", "async_checkpoint", "init_from", "init_step", "peak_flops", "progress", "tensorboard",
+              "plot")
 _BUILT: dict = {}  # (task, model cfg, train cfg, mesh cfg, micro batch) -> optimizer, Parallel, compiled steps
 
 
@@ -207,7 +208,8 @@ def _build(task, cfg, t, mesh_cfg, micro: int) -> dict:
 def train(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False) -> dict:
     """Train (or resume) ``run`` in ``run_dir``. Returns a summary dict: ``step``, ``loss`` (last logged),
     ``last_eval`` (dict), ``interrupted`` (None or the signal name), ``resumed_from`` (step or None),
-    ``run_dir``, ``info`` (data facts), ``first_eval`` (eval before training, fresh runs only)."""
+    ``initialised_from`` ({"run", "step"} of ``train.init_from``, fresh runs only, else None), ``run_dir``,
+    ``info`` (data facts), ``first_eval`` (eval before training, fresh runs only)."""
     run = C.resolve(run)
     t, run_dir = run.train, Path(run_dir)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
@@ -233,7 +235,7 @@ def train(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False) -> dict
                         async_save=t.async_checkpoint, report=say)
     plain_like = jax.eval_shape(lambda k: create_state(k, cfg, opt), key)
     restored = ckpt.restore(par.abstract_state(plain_like)) if ckpt.steps() else None
-    resumed_from = None
+    resumed_from = initialised_from = None
     if restored is not None:
         state, meta = restored
         start = int(meta["step"])
@@ -241,7 +243,8 @@ def train(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False) -> dict
         state = par.place_state(state) if par.mode == "pmap" else state
         say(f"resuming from checkpoint step {start} in {ckpt.dir}")
     elif t.init_from:
-        src = load_run(t.init_from)
+        src = load_run(t.init_from, step=int(t.init_step) if t.init_step.isdigit() else t.init_step)
+        initialised_from = {"run": str(t.init_from), "step": int(src.extra["step"])}
         fresh = family_of(cfg).init(jax.random.fold_in(key, 0), cfg)
         params, new = merge_params(fresh, src.params, t.init_from)
         say(f"initialised from {t.init_from} (step {src.extra['step']}); new parameters: {new or 'none'}")
@@ -416,5 +419,6 @@ def train(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False) -> dict
             tb.close()
     png = plot_losses(metrics_file, run_dir / "loss.png") if t.plot and main else None
     return {"step": s, "loss": last.get("loss"), "last_eval": last_eval, "first_eval": first_eval,
-            "interrupted": interrupted, "resumed_from": resumed_from, "run_dir": str(run_dir),
+            "interrupted": interrupted, "resumed_from": resumed_from,
+            "initialised_from": initialised_from, "run_dir": str(run_dir),
             "info": prep.info, "plot": None if png is None else str(png), "last_checkpoint": last_saved}

@@ -153,6 +153,13 @@ def test_run_directory_outputs_and_eval_command(tiny_run, tmp_path: Path, capsys
     assert gen_cmd.main([str(run_dir), "--prompt", "the", "--step", "7"]) == 2
     assert "no checkpoint at step 7" in capsys.readouterr().err
 
+    # fine-tuning starts from a chosen checkpoint of another run
+    ft = train(C.apply_overrides(tiny_run, [f"train.init_from={run_dir}", "train.init_step=10", "train.steps=1",
+                                            "train.eval_every=0"]), tmp_path / "ft", quiet=True)
+    assert ft["initialised_from"] == {"run": str(run_dir), "step": 10} and ft["resumed_from"] is None
+    with pytest.raises(ConfigError, match="train.init_step='bset' must be a step number, 'best' or 'latest'"):
+        C.apply_overrides(tiny_run, ["train.init_step=bset"])
+
     # rerunning a finished run resumes at its end and trains nothing more
     again = train(tiny_run, run_dir, quiet=True)
     assert again["resumed_from"] == 20 and again["step"] == 20
