@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxlm.data import packing, text
 from jaxlm.data.text import DataError
+from jaxlm.fileio import write_atomic
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -186,7 +187,7 @@ def prepare(run, run_dir: str | Path | None = None) -> Prepared:
     else:
         tok = text.build_tokenizer(dc.tokenizer, _tokenizer_texts(task, train_rows), dc.vocab_size or cfg.vocab_size)
         if tok_file is not None:
-            tok.save(str(tok_file))
+            write_atomic(tok_file, lambda p: tok.save(str(p)))
     text.check_vocab(tok, cfg.vocab_size)
     sp = text.special_ids(tok)
     if task == "mlm" and sp["mask"] is None:

@@ -249,7 +249,9 @@ def from_json(d: dict) -> RunConfig:
 
 
 def save(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(to_json(cfg), indent=2, sort_keys=True) + "\n")
+    from jaxlm.fileio import write_text_atomic
+
+    write_text_atomic(path, json.dumps(to_json(cfg), indent=2, sort_keys=True) + "\n")
 
 
 def load(path: str | Path) -> RunConfig:

@@ -22,8 +22,8 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -36,6 +36,7 @@ from jaxlm import metrics as M
 from jaxlm import params as P
 from jaxlm.config import ConfigError
 from jaxlm.data import pipeline
+from jaxlm.fileio import copy_atomic
 from jaxlm.models import family_of
 from jaxlm.parallel import Parallel
 from jaxlm.train import config as C
@@ -56,7 +57,9 @@ def check_writable(run_dir: Path) -> None:
     """Create ``run_dir`` and check that files can be written there (ConfigError naming the fix if not)."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        # one probe per process: the processes of a multi-process run share run_dir, and one removing a
+        # shared probe while another still writes it made the check fail at random
+        probe = run_dir / f".write-test-{socket.gethostname()}-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
@@ -220,7 +223,7 @@ def train(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False) -> dict
         C.save(run, run_dir / "config.json")
     if t.init_from and not (run_dir / pipeline.TOKENIZER_FILE).exists() \
             and (Path(t.init_from) / pipeline.TOKENIZER_FILE).exists():
-        shutil.copy(Path(t.init_from) / pipeline.TOKENIZER_FILE, run_dir / pipeline.TOKENIZER_FILE)
+        copy_atomic(Path(t.init_from) / pipeline.TOKENIZER_FILE, run_dir / pipeline.TOKENIZER_FILE)
 
     prep = pipeline.prepare(run, run_dir)
     say(f"data: {prep.info}")
