@@ -15,14 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def _tmp(path: Path) -> Path:
+def private_tmp(path: Path) -> Path:
+    """A temporary name next to ``path`` that no other process (on any host) uses."""
     return path.with_name(f".{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp_path)`` to write a temporary file next to ``path``, then rename it to ``path``."""
     path = Path(path)
-    tmp = _tmp(path)
+    tmp = private_tmp(path)
     try:
         write(tmp)
         os.replace(tmp, path)

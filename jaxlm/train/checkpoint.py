@@ -60,13 +60,18 @@ class Checkpointer:
         self.best_mode = best_mode
         self._report_partial()
         pp = ocp.checkpoint_managers
-        policies = [pp.LatestN(n=keep)]
+        policies, best = [pp.LatestN(n=keep)], {}
         if best_metric:
-            policies.append(pp.BestN(get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min", n=1,
+            worst = float("inf") if best_mode == "min" else float("-inf")
+
+            def metric(m):  # steps saved without this metric (another best_metric) rank last
+                return m.get(best_metric, worst)
+
+            policies.append(pp.BestN(get_metric_fn=metric, reverse=best_mode == "min", n=1,
                                      keep_checkpoints_without_metrics=False))
-        # best_fn makes Orbax write each step's metrics to disk (without it they live only in this
-        # process, so a resumed run would forget which checkpoint was best and could delete it)
-        best = {"best_fn": lambda m: m[best_metric], "best_mode": best_mode} if best_metric else {}
+            # best_fn makes Orbax write each step's metrics to disk (without it they live only in this
+            # process, so a resumed run would forget which checkpoint was best and could delete it)
+            best = {"best_fn": metric, "best_mode": best_mode}
         opts = ocp.CheckpointManagerOptions(
             preservation_policy=pp.AnyPreservationPolicy(policies), enable_async_checkpointing=async_save,
             create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only, **best)
@@ -84,18 +89,9 @@ class Checkpointer:
 
     def best_step(self) -> int | None:
         """The kept step with the best ``best_metric`` (lowest for ``best_mode="min"``, highest for "max";
-        the earliest on ties), or None when no kept step recorded that metric."""
-        if not self.best_metric:
-            return None
-        scored = []
-        for s in self.steps():
-            try:
-                v = (self.manager.metrics(s) or {}).get(self.best_metric)
-            except Exception:  # noqa: BLE001 - a step whose metadata cannot be read has no metric
-                v = None
-            if v is not None and np.isfinite(v):
-                scored.append((float(v) if self.best_mode == "min" else -float(v), s))
-        return min(scored)[1] if scored else None
+        the newest on ties, as Orbax's BestN keeps), or None when no kept step recorded that metric."""
+        step = self.manager.best_step() if self.best_metric else None
+        return step if step is not None and self.best_metric in (self.manager.metrics(step) or {}) else None
 
     def _resolve(self, step: int | str | None) -> int | None:
         """``step`` as an int: ``"best"`` -> :meth:`best_step`, ``"latest"``/None -> None (newest good)."""
@@ -111,8 +107,9 @@ class Checkpointer:
             return best
         if isinstance(step, bool) or not isinstance(step, int | np.integer):
             raise CheckpointError(f"step must be a step number, 'best' or 'latest', got {step!r}.")
-        if int(step) not in self.steps():
-            raise CheckpointError(f"{self.dir} has no checkpoint at step {step}; it has steps {self.steps()} "
+        steps = self.steps()
+        if int(step) not in steps:
+            raise CheckpointError(f"{self.dir} has no checkpoint at step {step}; it has steps {steps} "
                                   f"(or use 'best' / 'latest').")
         return int(step)
 
@@ -199,14 +196,13 @@ class Checkpointer:
 
 
 def parse_step(text: str) -> int | str:
-    """A command line's ``--step``: a step number, ``best`` or ``latest``."""
+    """A step as written on a command line or in a config (``--step``, ``train.init_step``): a step number
+    (>= 0), ``best`` or ``latest``. Raises ``argparse.ArgumentTypeError`` otherwise."""
     if text in ("best", "latest"):
         return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a step: give a step number, 'best' or 'latest'.") \
-            from None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a step: give a step number, 'best' or 'latest'.")
+    return int(text)
 
 
 def _check_finite(params, step: int) -> None:

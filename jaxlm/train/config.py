@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+from argparse import ArgumentTypeError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jaxlm import config as C
 from jaxlm.models import base, get
+from jaxlm.train.checkpoint import parse_step
 
 TASKS = ("causal_lm", "mlm", "seq2seq", "classification", "span")
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -82,8 +84,11 @@ class TrainConfig:
             raise C.ConfigError(f"train.label_smoothing={self.label_smoothing} must be in [0, 1).")
         if not 0 < self.mlm_prob < 1:
             raise C.ConfigError(f"train.mlm_prob={self.mlm_prob} must be in (0, 1).")
-        if self.init_step not in ("best", "latest") and not self.init_step.isdigit():
-            raise C.ConfigError(f"train.init_step={self.init_step!r} must be a step number, 'best' or 'latest'.")
+        try:
+            parse_step(self.init_step)
+        except ArgumentTypeError:
+            raise C.ConfigError(f"train.init_step={self.init_step!r} must be a step number, 'best' or 'latest'.") \
+                from None
         if self.schedule == "noam" and self.warmup_steps == 0:
             raise C.ConfigError("train.schedule='noam' needs train.warmup_steps > 0 (the paper uses 4000).")
 

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -36,11 +35,11 @@ from jaxlm import metrics as M
 from jaxlm import params as P
 from jaxlm.config import ConfigError
 from jaxlm.data import pipeline
-from jaxlm.fileio import copy_atomic
+from jaxlm.fileio import copy_atomic, private_tmp
 from jaxlm.models import family_of
 from jaxlm.parallel import Parallel
 from jaxlm.train import config as C
-from jaxlm.train.checkpoint import Checkpointer, load_run
+from jaxlm.train.checkpoint import Checkpointer, load_run, parse_step
 from jaxlm.train.optim import learning_rate, make_optimizer
 from jaxlm.train.state import create_state
 from jaxlm.train.step import make_eval_step, make_train_step
@@ -59,7 +58,7 @@ def check_writable(run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         # one probe per process: the processes of a multi-process run share run_dir, and one removing a
         # shared probe while another still writes it made the check fail at random
-        probe = run_dir / f".write-test-{socket.gethostname()}-{os.getpid()}"
+        probe = private_tmp(run_dir / ".write-test")
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
@@ -246,7 +245,7 @@ def train(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False) -> dict
         state = par.place_state(state) if par.mode == "pmap" else state
         say(f"resuming from checkpoint step {start} in {ckpt.dir}")
     elif t.init_from:
-        src = load_run(t.init_from, step=int(t.init_step) if t.init_step.isdigit() else t.init_step)
+        src = load_run(t.init_from, step=parse_step(t.init_step))
         initialised_from = {"run": str(t.init_from), "step": int(src.extra["step"])}
         fresh = family_of(cfg).init(jax.random.fold_in(key, 0), cfg)
         params, new = merge_params(fresh, src.params, t.init_from)

@@ -55,9 +55,12 @@ def test_best_mode_max_picks_the_highest_metric(tmp_path: Path):
     assert ck.restore_params(ABSTRACT, "best")[1] == 10
 
 
-def test_ties_pick_the_earliest_step(tmp_path: Path):
+def test_ties_pick_the_newest_step_the_one_orbax_keeps(tmp_path: Path):
     ck = _open(_run(tmp_path, losses={10: 2.0, 20: 1.0, 30: 1.0}, keep=3))
-    assert ck.best_step() == 20
+    assert ck.best_step() == 30
+    # the step 'best' names is the one the preservation policy keeps when the older tie is rotated out
+    ck = _open(_run(tmp_path / "rotated", losses={10: 2.0, 20: 1.0, 30: 1.0, 40: 3.0}, keep=1))
+    assert ck.steps() == [30, 40] and ck.best_step() == 30
 
 
 def test_best_without_a_metric_names_the_problem(tmp_path: Path):
