@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from jaxlm.generate import generate
+    from jaxlm.pretrained import load_run
     from jaxlm.train import config as C
-    from jaxlm.train.checkpoint import load_run
     from jaxlm.train.loop import train
 
     t0 = time.time()

@@ -96,7 +96,7 @@ def evaluate(run_dir: str) -> dict:
     """Exact match and F1 (0-100) on the run's held-out questions (the same split training held out)."""
     from jaxlm.data import text
     from jaxlm.evaluation import predict_spans, squad_scores
-    from jaxlm.train.checkpoint import load_run
+    from jaxlm.pretrained import load_run
 
     loaded = load_run(run_dir)
     dc = loaded.extra["run"].data

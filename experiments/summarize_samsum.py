@@ -48,7 +48,7 @@ def evaluate(run_dir: str, beam_size: int = 4, limit: int | None = None) -> dict
     from jaxlm import metrics
     from jaxlm.data import text
     from jaxlm.evaluation import seq2seq_outputs
-    from jaxlm.train.checkpoint import load_run
+    from jaxlm.pretrained import load_run
 
     loaded = load_run(run_dir)
     dc = loaded.extra["run"].data

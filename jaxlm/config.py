@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import json
@@ -26,6 +27,17 @@ def check_choice(field: str, value: Any, options: Iterable[str]) -> None:
     options = list(options)
     if value not in options:
         raise ConfigError(f"{field}={value!r} is not one of {options}{closest(str(value), options)}.")
+
+
+def parse_step(text: str) -> int | str:
+    """A checkpoint step as written on a command line or in a config (``--step``, ``train.init_step``): a
+    step number (>= 0), ``best`` or ``latest``. Raises ``argparse.ArgumentTypeError`` otherwise (argparse
+    turns it into a usage error)."""
+    if text in ("best", "latest"):
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a step: give a step number, 'best' or 'latest'.")
+    return int(text)
 
 
 def check_positive(cfg: Any, *fields: str) -> None:

@@ -162,7 +162,7 @@ def bleu_of_run(run_dir: str, *, beam_size: int = 4, limit: int | None = None, m
     import time
 
     from jaxlm import metrics
-    from jaxlm.train.checkpoint import load_run
+    from jaxlm.pretrained import load_run
 
     loaded = load_run(run_dir)
     dc = loaded.extra["run"].data

@@ -3,26 +3,31 @@
 :func:`load` takes a jaxlm run directory, a Hugging Face checkpoint directory (or hub id, when online) or a
 GGUF file, and returns a :class:`Loaded` record: the family module, its Config, the params tree and the
 tokenizer (a ``tokenizers.Tokenizer``) when one is available. ``jaxlm generate`` and ``jaxlm eval`` use it.
+:func:`load_run` reads a training run directory (its Orbax checkpoints, config and tokenizer).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 
-@dataclass
-class Loaded:
-    family: ModuleType  # e.g. jaxlm.models.gpt2
-    config: Any  # the family's frozen Config
-    params: dict
-    tokenizer: Any | None = None  # tokenizers.Tokenizer
-    source: str = ""
-    extra: dict | None = None  # e.g. chat template, special token ids
+from jaxlm import params as P
+from jaxlm.convert import gguf, hf
+from jaxlm.data import text
+from jaxlm.models import family_of
+from jaxlm.models.base import Loaded
+from jaxlm.train import config as C
+from jaxlm.train.checkpoint import Checkpointer
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Loaded", "kind", "load", "load_run"]
 
 
 def kind(path: str | Path) -> str:
@@ -55,13 +60,32 @@ def load(path: str | Path, **kw: Any) -> Loaded:
     """Load a model from a run directory, Hugging Face directory / hub id, or GGUF file."""
     k = kind(path)
     if k == "run":
-        from jaxlm.train import checkpoint
-
-        return checkpoint.load_run(path, **kw)
+        return load_run(path, **kw)
     if k == "gguf":
-        from jaxlm.convert import gguf
-
         return gguf.load(path, **kw)
-    from jaxlm.convert import hf
-
     return hf.load(path, **kw)
+
+
+def load_run(run_dir: str | Path, step: int | str | None = None, dtype: str | None = None, **_: Any) -> Loaded:
+    """A trained run as :class:`Loaded`: family module, model Config, params (newest good checkpoint, or
+    ``step``: a number, ``"best"`` by the run's ``train.best_metric``, or ``"latest"``),
+    ``tokenizers.Tokenizer`` (or None) and ``extra`` = {"run": RunConfig, "step": int, "specials": {pad,
+    bos, eos, unk, mask ids}}. ``dtype`` casts floating params."""
+    run_dir = Path(run_dir)
+    run = C.load(run_dir / "config.json")
+    cfg = run.model
+    family = family_of(cfg)
+    ck = Checkpointer(run_dir, best_metric=run.train.best_metric, best_mode=run.train.best_mode, read_only=True,
+                      report=lambda m: log.warning(m))
+    try:
+        params, s = ck.restore_params(P.abstract(family.spec(cfg)), step)
+    finally:
+        ck.manager.close()
+    if dtype is not None:
+        params = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+    tok, specials = None, {}
+    if (run_dir / "tokenizer.json").is_file():
+        tok = text.load_tokenizer(run_dir / "tokenizer.json")
+        specials = text.special_ids(tok)
+    return Loaded(family=family, config=cfg, params=params, tokenizer=tok, source=str(run_dir),
+                  extra={"run": run, "step": s, "specials": specials})

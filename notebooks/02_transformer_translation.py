@@ -41,8 +41,8 @@ from jaxlm import metrics
 from jaxlm.evaluation import seq2seq_outputs
 from jaxlm.models import transformer
 from jaxlm.nn import positions
+from jaxlm.pretrained import load_run
 from jaxlm.train import config as C
-from jaxlm.train.checkpoint import load_run
 from jaxlm.train.loop import train
 
 QUICK = os.environ.get("JAXLM_QUICK") == "1"

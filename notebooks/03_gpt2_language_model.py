@@ -40,8 +40,8 @@ import numpy as np
 from jaxlm import metrics
 from jaxlm.generate import generate
 from jaxlm.models import gpt2
+from jaxlm.pretrained import load_run
 from jaxlm.train import config as C
-from jaxlm.train.checkpoint import load_run
 from jaxlm.train.loop import train
 
 QUICK = os.environ.get("JAXLM_QUICK") == "1"

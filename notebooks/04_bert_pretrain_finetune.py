@@ -38,8 +38,8 @@ import numpy as np
 
 from jaxlm import losses
 from jaxlm.models import bert
+from jaxlm.pretrained import load_run
 from jaxlm.train import config as C
-from jaxlm.train.checkpoint import load_run
 from jaxlm.train.loop import train
 
 QUICK = os.environ.get("JAXLM_QUICK") == "1"

@@ -10,7 +10,7 @@ import pytest
 from jaxlm import evaluation as E
 from jaxlm.data import text
 from jaxlm.models import bert, get
-from jaxlm.pretrained import Loaded
+from jaxlm.models.base import Loaded
 from jaxlm.train import config as C
 
 

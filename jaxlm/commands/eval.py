@@ -21,8 +21,8 @@ def evaluate_run(run_dir: str, overrides: list[str] = (), step: int | str | None
 
     from jaxlm.data import pipeline
     from jaxlm.parallel import Parallel
+    from jaxlm.pretrained import load_run
     from jaxlm.train import config as C
-    from jaxlm.train.checkpoint import load_run
     from jaxlm.train.loop import evaluate
     from jaxlm.train.step import make_eval_step
     from jaxlm.train.tasks import make_task
@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="jaxlm eval", description=__doc__)
     p.add_argument("run_dir", help="a jaxlm run directory")
     p.add_argument("overrides", nargs="*", help="key=value overrides of data.* / train.eval_batches etc.")
-    from jaxlm.train.checkpoint import parse_step
+    from jaxlm.config import parse_step
 
     p.add_argument("--step", type=parse_step, default=None,
                    help="checkpoint: a step number, 'best' (by train.best_metric) or 'latest' (default)")

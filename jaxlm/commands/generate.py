@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--length-penalty", type=float, default=0.6, help="GNMT alpha for --beam (default 0.6)")
     ap.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     ap.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence tokens")
-    from jaxlm.train.checkpoint import parse_step
+    from jaxlm.config import parse_step
 
     ap.add_argument("--step", type=parse_step, default=None,
                     help="run directories: checkpoint step number, 'best' (by train.best_metric) or 'latest' "

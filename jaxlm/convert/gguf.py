@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxlm.convert import hf
 from jaxlm.convert import tokenizer as tok_lib
-from jaxlm.pretrained import Loaded
+from jaxlm.models.base import Loaded
 
 ARCHITECTURES = ("llama", "mistral")
 _TENSORS = {  # GGUF name -> Hugging Face name ({i} = layer)

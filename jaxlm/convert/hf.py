@@ -31,7 +31,7 @@ from jaxlm.convert import tokenizer as tok_lib
 from jaxlm.convert.text import apply_chat_template, sentence_embeddings  # noqa: F401  (public here too)
 from jaxlm.convert.tokenizer import gpt2_tokenizer  # noqa: F401  (public: jaxlm.convert.hf.gpt2_tokenizer)
 from jaxlm.models import bert, gpt2, llama
-from jaxlm.pretrained import Loaded
+from jaxlm.models.base import Loaded
 
 log = logging.getLogger(__name__)
 

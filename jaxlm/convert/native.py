@@ -19,7 +19,7 @@ from typing import Any
 from jaxlm import config as config_lib
 from jaxlm import params as P
 from jaxlm.models import FAMILIES, family_of
-from jaxlm.pretrained import Loaded
+from jaxlm.models.base import Loaded
 
 FORMAT = "params/1"
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from jaxlm.models import bert
-from jaxlm.pretrained import Loaded
+from jaxlm.models.base import Loaded
 
 
 def sentence_embeddings(loaded: Loaded, texts: list[str], batch_size: int = 32) -> np.ndarray:

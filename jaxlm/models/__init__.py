@@ -1,13 +1,27 @@
-"""The zoo. ``REGISTRY`` maps every preset name to (module, Preset); :func:`get` resolves a name."""
+"""The zoo. Each family is one module that declares the family contract (:func:`base.check_family`);
+``FAMILIES`` lists them (one line adds a family), ``REGISTRY`` maps every preset name to (module, Preset)
+and :func:`get` resolves a name."""
 
 from __future__ import annotations
 
 from types import ModuleType
 
 from jaxlm.models import bert, gpt2, llama, transformer
-from jaxlm.models.base import ModelConfig, Preset, lookup
+from jaxlm.models.base import FamilyError, Loaded, ModelConfig, Preset, check_family, lookup
 
-FAMILIES: dict[str, ModuleType] = {"transformer": transformer, "gpt2": gpt2, "bert": bert, "llama": llama}
+
+def _register(*modules: ModuleType) -> dict[str, ModuleType]:
+    out: dict[str, ModuleType] = {}
+    for mod in modules:
+        check_family(mod)
+        name = mod.Config.family
+        if name in out:
+            raise FamilyError(f"two family modules declare the name {name!r}: {out[name].__name__} and {mod.__name__}.")
+        out[name] = mod
+    return out
+
+
+FAMILIES: dict[str, ModuleType] = _register(transformer, gpt2, bert, llama)
 
 REGISTRY: dict[str, tuple[ModuleType, Preset]] = {
     name: (mod, preset) for mod in FAMILIES.values() for name, preset in mod.PRESETS.items()
@@ -25,5 +39,5 @@ def family_of(cfg: ModelConfig) -> ModuleType:
     return FAMILIES[type(cfg).family]
 
 
-__all__ = ["FAMILIES", "REGISTRY", "get", "family_of", "ModelConfig", "Preset", "bert", "gpt2", "llama",
-           "transformer"]
+__all__ = ["FAMILIES", "REGISTRY", "get", "family_of", "Loaded", "ModelConfig", "Preset", "bert", "gpt2",
+           "llama", "transformer"]

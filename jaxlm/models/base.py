@@ -1,9 +1,11 @@
-"""The config fields every family shares, their validation, and the preset record."""
+"""What every family shares: the base Config and its validation, the preset record, the family contract
+(:func:`check_family`) and the :class:`Loaded` record of a model with its weights."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, ClassVar
 
 import jax.numpy as jnp
@@ -132,3 +134,74 @@ def lookup(table: dict, name: str, what: str = "preset"):
     if name not in table:
         raise KeyError(f"unknown {what} {name!r}{closest(name, table)}; known: {sorted(table)}.")
     return table[name]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The family contract: what a family module declares so that training, generation, conversion and the CLI
+# need no per-family code (docs/architecture.md, "Adding a model family").
+KINDS = ("decoder", "encoder", "encoder-decoder")
+TASKS = ("causal_lm", "mlm", "seq2seq", "classification", "span")
+
+# name -> what it is; every family module must define all of these
+REQUIRED = {
+    "Config": "the frozen Config dataclass (a ModelConfig subclass with `family: ClassVar[str]`)",
+    "PRESETS": "dict preset name -> Preset",
+    "KIND": f"one of {KINDS}",
+    "TASKS": f"tuple of the training tasks it supports, from {TASKS}",
+    "HF": "its Hugging Face mapping (jaxlm.models.hfmap.HFMapping), or None when it has no HF counterpart",
+    "spec": "spec(cfg) -> tree of Param",
+    "init": "init(key, cfg, mesh=None) -> params",
+    "apply": "apply(params, inputs..., cfg, ...) -> outputs",
+}
+# extra functions each kind needs (generation and the KV cache)
+REQUIRED_BY_KIND = {
+    "decoder": {"init_cache": "init_cache(cfg, batch, max_len) -> zeroed KV cache"},
+    "encoder": {},
+    "encoder-decoder": {"encode": "encode(params, src, cfg, ...) -> encoder output",
+                        "decode": "decode(params, tgt, enc, cfg, ...) -> logits",
+                        "init_cache": "init_cache(cfg, batch, max_len) -> zeroed self-attention KV cache",
+                        "cross_cache": "cross_cache(params, enc, cfg) -> cross-attention keys/values"},
+}
+
+
+class FamilyError(TypeError):
+    """A family module does not declare what the library needs from it."""
+
+
+def check_family(mod: ModuleType) -> ModuleType:
+    """Check that ``mod`` declares the family contract (:data:`REQUIRED`); raise :class:`FamilyError`
+    naming every missing or malformed piece. Returns ``mod``."""
+    name = mod.__name__
+    missing = [f"{k} ({v})" for k, v in REQUIRED.items() if not hasattr(mod, k)]
+    if missing:
+        raise FamilyError(f"family module {name} is missing: {'; '.join(missing)}.")
+    problems = []
+    if mod.KIND not in KINDS:
+        problems.append(f"KIND={mod.KIND!r} is not one of {KINDS}")
+    else:
+        problems += [f"{k} ({v})" + " is missing" for k, v in REQUIRED_BY_KIND[mod.KIND].items()
+                     if not hasattr(mod, k)]
+    if not (isinstance(mod.Config, type) and issubclass(mod.Config, ModelConfig)):
+        problems.append("Config must be a subclass of jaxlm.models.base.ModelConfig")
+    elif mod.Config.family == ModelConfig.family:
+        problems.append("Config must set `family: ClassVar[str]` to the family's name")
+    bad_tasks = [t for t in mod.TASKS if t not in TASKS]
+    if bad_tasks or not isinstance(mod.TASKS, tuple):
+        problems.append(f"TASKS must be a tuple drawn from {TASKS} (got {mod.TASKS!r})")
+    if not isinstance(mod.PRESETS, dict) or not all(isinstance(p, Preset) for p in mod.PRESETS.values()):
+        problems.append("PRESETS must be a dict of name -> Preset")
+    if problems:
+        raise FamilyError(f"family module {name}: {'; '.join(problems)}.")
+    return mod
+
+
+@dataclass
+class Loaded:
+    """A model with its weights, from wherever it was loaded (see :func:`jaxlm.pretrained.load`)."""
+
+    family: ModuleType  # e.g. jaxlm.models.gpt2
+    config: Any  # the family's frozen Config
+    params: dict
+    tokenizer: Any | None = None  # tokenizers.Tokenizer
+    source: str = ""
+    extra: dict | None = None  # e.g. chat template, special token ids

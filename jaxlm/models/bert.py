@@ -75,12 +75,21 @@ class Config(ModelConfig):
 
 
 _CITE = "Devlin et al. 2019, BERT"
+KIND = "encoder"
+TASKS = ("mlm", "classification", "span")
+
 PRESETS: dict[str, Preset] = {
     "bert-base": Preset(Config(), _CITE, 109_482_240, "BertModel with pooler, no task head"),
     "bert-large": Preset(Config(d_model=1024, n_heads=16, n_layers=24, d_ff=4096), _CITE, 335_141_888),
     "bert-tiny": Preset(Config(vocab_size=512, max_len=128, d_model=64, n_heads=4, n_layers=2, d_ff=256),
                         "test-sized BERT", 145_344),
 }
+
+
+def for_task(cfg: Config, task: str) -> Config:
+    """``cfg`` with the one head that training ``task`` needs (mlm, classifier or span)."""
+    head = {"mlm": "mlm", "classification": "classifier", "span": "span"}[task]
+    return cfg if tuple(cfg.heads) == (head,) else cfg.replace(heads=(head,))
 
 
 def spec(cfg: Config) -> dict:
@@ -168,3 +177,8 @@ def apply(params: dict, tokens: jax.Array, cfg: Config, *, token_types=None, val
         se = linear.apply(params["span"], h, "BTD,DC->BTC", dt).astype(jnp.float32)
         out["start_logits"], out["end_logits"] = se[..., 0], se[..., 1]
     return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Hugging Face mapping
+HF = None

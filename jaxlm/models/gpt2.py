@@ -38,6 +38,9 @@ class Config(ModelConfig):
 
 
 _CITE = "Radford et al. 2019, Language Models are Unsupervised Multitask Learners"
+KIND = "decoder"
+TASKS = ("causal_lm",)
+
 PRESETS: dict[str, Preset] = {
     "gpt2-124m": Preset(Config(), _CITE, 124_439_808),
     "gpt2-355m": Preset(Config(d_model=1024, n_heads=16, n_layers=24, d_ff=4096), _CITE, 354_823_168),
@@ -51,3 +54,8 @@ spec = decoder.spec
 init = decoder.init
 apply = decoder.apply
 init_cache = decoder.init_cache
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Hugging Face mapping
+HF = None

@@ -40,6 +40,9 @@ class Config(ModelConfig):
     use_bias: bool = False
 
 
+KIND = "decoder"
+TASKS = ("causal_lm",)
+
 PRESETS: dict[str, Preset] = {
     "llama2-7b": Preset(Config(), "Touvron et al. 2023, Llama 2", 6_738_415_616),
     "tinyllama-1.1b": Preset(
@@ -58,3 +61,8 @@ spec = decoder.spec
 init = decoder.init
 apply = decoder.apply
 init_cache = decoder.init_cache
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Hugging Face mapping
+HF = None

@@ -71,6 +71,9 @@ class Config(ModelConfig):
 
 
 _CITE = "Vaswani et al. 2017, Attention Is All You Need"
+KIND = "encoder-decoder"
+TASKS = ("seq2seq",)
+
 PRESETS: dict[str, Preset] = {
     "transformer-base": Preset(Config(), _CITE, 63_082_496, "paper: 65M (Table 3)"),
     "transformer-big": Preset(Config(d_model=1024, n_heads=16, d_ff=4096, dropout=0.3), _CITE, 214_245_376,
@@ -217,3 +220,8 @@ def apply(params: dict, src: jax.Array, tgt: jax.Array, cfg: Config, *, src_vali
     k_enc, k_dec = _split(key, 2)
     enc = encode(params, src, cfg, src_valid=src_valid, key=k_enc, block_fn=block_fn)
     return decode(params, tgt, enc, cfg, src_valid=src_valid, kv_valid=tgt_valid, key=k_dec, block_fn=block_fn)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Hugging Face mapping
+HF = None

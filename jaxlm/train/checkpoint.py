@@ -1,4 +1,5 @@
-"""Orbax checkpoints of a run, and :func:`load_run` for inference / evaluation / fine-tuning.
+"""Orbax checkpoints of a run (:class:`Checkpointer`); :func:`jaxlm.pretrained.load_run` reads them for
+inference, evaluation and fine-tuning.
 
 Layout of a run directory::
 
@@ -20,7 +21,6 @@ state whose loss was NaN/inf, so no good checkpoint is ever replaced by a broken
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 from pathlib import Path
@@ -195,52 +195,8 @@ class Checkpointer:
         raise CheckpointError(f"no checkpoint in {self.dir} can be restored: " + "; ".join(errors))
 
 
-def parse_step(text: str) -> int | str:
-    """A step as written on a command line or in a config (``--step``, ``train.init_step``): a step number
-    (>= 0), ``best`` or ``latest``. Raises ``argparse.ArgumentTypeError`` otherwise."""
-    if text in ("best", "latest"):
-        return text
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a step: give a step number, 'best' or 'latest'.")
-    return int(text)
-
-
 def _check_finite(params, step: int) -> None:
     bad = [k for k, v in jax.tree_util.tree_leaves_with_path(params)
            if np.issubdtype(np.dtype(v.dtype), np.floating) and not bool(np.isfinite(np.asarray(v)).all())]
     if bad:
         raise ValueError(f"checkpoint step {step} holds non-finite parameters at {jax.tree_util.keystr(bad[0])}")
-
-
-def load_run(run_dir: str | Path, step: int | str | None = None, dtype: str | None = None, **_: Any):
-    """A trained run as :class:`jaxlm.pretrained.Loaded`: family module, model Config, params (newest good
-    checkpoint, or ``step``: a number, ``"best"`` by the run's ``train.best_metric``, or ``"latest"``),
-    ``tokenizers.Tokenizer`` (or None) and ``extra`` = {"run": RunConfig, "step": int, "specials": {pad,
-    bos, eos, unk, mask ids}}. ``dtype`` casts floating params."""
-    from jaxlm import params as P
-    from jaxlm.models import family_of
-    from jaxlm.pretrained import Loaded
-    from jaxlm.train import config as C
-
-    run_dir = Path(run_dir)
-    run = C.load(run_dir / "config.json")
-    cfg = run.model
-    family = family_of(cfg)
-    ck = Checkpointer(run_dir, best_metric=run.train.best_metric, best_mode=run.train.best_mode, read_only=True,
-                      report=lambda m: log.warning(m))
-    try:
-        params, s = ck.restore_params(P.abstract(family.spec(cfg)), step)
-    finally:
-        ck.manager.close()
-    if dtype is not None:
-        import jax.numpy as jnp
-
-        params = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
-    tok, specials = None, {}
-    if (run_dir / "tokenizer.json").is_file():
-        from jaxlm.data import text
-
-        tok = text.load_tokenizer(run_dir / "tokenizer.json")
-        specials = text.special_ids(tok)
-    return Loaded(family=family, config=cfg, params=params, tokenizer=tok, source=str(run_dir),
-                  extra={"run": run, "step": s, "specials": specials})

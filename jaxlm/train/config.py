@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from jaxlm import config as C
+from jaxlm.config import parse_step
 from jaxlm.models import base, get
-from jaxlm.train.checkpoint import parse_step
 
 TASKS = ("causal_lm", "mlm", "seq2seq", "classification", "span")
 OPTIMIZERS = ("adamw", "adam", "sgd")

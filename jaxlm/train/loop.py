@@ -33,13 +33,13 @@ import numpy as np
 
 from jaxlm import metrics as M
 from jaxlm import params as P
-from jaxlm.config import ConfigError
+from jaxlm.config import ConfigError, parse_step
 from jaxlm.data import pipeline
 from jaxlm.fileio import copy_atomic, private_tmp
 from jaxlm.models import family_of
 from jaxlm.parallel import Parallel
 from jaxlm.train import config as C
-from jaxlm.train.checkpoint import Checkpointer, load_run, parse_step
+from jaxlm.train.checkpoint import Checkpointer
 from jaxlm.train.optim import learning_rate, make_optimizer
 from jaxlm.train.state import create_state
 from jaxlm.train.step import make_eval_step, make_train_step
@@ -83,6 +83,17 @@ def merge_params(fresh: dict, loaded: dict, source: str) -> tuple[dict, list[str
                           f"model config must match the source run's (same preset and vocab_size).")
     new = sorted(k for k in ff if k not in fl)
     return P.unflatten({k: fl.get(k, v) for k, v in ff.items()}), new
+
+
+def run_params(run_dir: str | Path, step: int | str | None = None) -> tuple[dict, int]:
+    """The params of another run's checkpoint (``step``: a number, "best" or "latest"/None) and its step."""
+    src = C.load(Path(run_dir) / "config.json")
+    ck = Checkpointer(run_dir, best_metric=src.train.best_metric, best_mode=src.train.best_mode, read_only=True,
+                      report=lambda m: None)
+    try:
+        return ck.restore_params(P.abstract(family_of(src.model).spec(src.model)), step)
+    finally:
+        ck.manager.close()
 
 
 def evaluate(eval_fn, params, data, batch_size: int, max_batches: int | None, par: Parallel) -> dict:
@@ -245,11 +256,11 @@ def train(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False) -> dict
         state = par.place_state(state) if par.mode == "pmap" else state
         say(f"resuming from checkpoint step {start} in {ckpt.dir}")
     elif t.init_from:
-        src = load_run(t.init_from, step=parse_step(t.init_step))
-        initialised_from = {"run": str(t.init_from), "step": int(src.extra["step"])}
+        src_params, src_step = run_params(t.init_from, step=parse_step(t.init_step))
+        initialised_from = {"run": str(t.init_from), "step": int(src_step)}
         fresh = family_of(cfg).init(jax.random.fold_in(key, 0), cfg)
-        params, new = merge_params(fresh, src.params, t.init_from)
-        say(f"initialised from {t.init_from} (step {src.extra['step']}); new parameters: {new or 'none'}")
+        params, new = merge_params(fresh, src_params, t.init_from)
+        say(f"initialised from {t.init_from} (step {src_step}); new parameters: {new or 'none'}")
         state = par.place_state(create_state(key, cfg, opt, params=params))
         start = 0
     else:

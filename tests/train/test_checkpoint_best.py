@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlm.train.checkpoint import Checkpointer, CheckpointError, parse_step
+from jaxlm.config import parse_step
+from jaxlm.train.checkpoint import Checkpointer, CheckpointError
 from jaxlm.train.state import TrainState
 
 LOSSES = {10: 3.0, 20: 1.0, 30: 2.0, 40: 2.5}  # step -> eval_loss: step 20 is best, 30/40 are newest

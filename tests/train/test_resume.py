@@ -78,7 +78,7 @@ def test_kill9_during_step_15_resumes_from_10_bit_for_bit(tiny_experiment: Path,
 
 
 def test_corrupt_checkpoint_falls_back_to_newest_good(tiny_experiment: Path, tmp_path: Path):
-    from jaxlm.train import checkpoint
+    from jaxlm import pretrained
     from jaxlm.train import config as C
     from jaxlm.train.loop import train
 
@@ -92,11 +92,11 @@ def test_corrupt_checkpoint_falls_back_to_newest_good(tiny_experiment: Path, tmp
     assert files
     for f in files:
         f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 3])
-    loaded = checkpoint.load_run(run_dir)
+    loaded = pretrained.load_run(run_dir)
     assert loaded.extra["step"] == 10  # load_run skips the broken one (and leaves it in place)
     out = train(cfg, run_dir, quiet=True)  # the trainer reports it, moves it aside, resumes from 10
     assert out["resumed_from"] == 10
     assert (run_dir / "checkpoints-corrupt" / "20").is_dir()
     assert ckpt_steps(run_dir) == [10, 20]  # step 20 re-made from the good step 10
     assert losses(run_dir)[20] == ref20
-    assert checkpoint.load_run(run_dir).extra["step"] == 20
+    assert pretrained.load_run(run_dir).extra["step"] == 20

@@ -191,7 +191,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_
     with pytest.raises(TrainingError, match=r"at step 2: training stopped. The last good checkpoint is step 1"):
         train(run, run_dir, quiet=True)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["1"]
-    from jaxlm.train.checkpoint import load_run
+    from jaxlm.pretrained import load_run
 
     params = load_run(run_dir).params
     assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(params))
@@ -220,7 +220,7 @@ def test_bert_mlm_then_finetune_from_its_params(tmp_path: Path):
                             f"train.init_from={tmp_path / 'mlm'}", "train.lr=2e-3", "train.warmup_steps=3",
                             "model.dropout=0.0"])
     out = train(ft, tmp_path / "ft", quiet=True)
-    from jaxlm.train.checkpoint import load_run
+    from jaxlm.pretrained import load_run
 
     src = load_run(tmp_path / "mlm").params
     assert (tmp_path / "ft" / "tokenizer.json").read_text() == (tmp_path / "mlm" / "tokenizer.json").read_text()
