@@ -35,6 +35,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxlm import sharding
 from jaxlm.config import ConfigError
+from jaxlm.models import family_of
 from jaxlm.params import Param, flatten
 
 log = logging.getLogger(__name__)
@@ -183,9 +184,7 @@ class Parallel:
         self.mesh = mesh_from_config(mesh_cfg, devices)
         self.model_cfg = model_cfg
         if spec is None and model_cfg is not None:
-            from jaxlm import models
-
-            spec = models.family_of(model_cfg).spec(model_cfg)
+            spec = family_of(model_cfg).spec(model_cfg)
         self.spec = spec
         validate(self.mesh, model_cfg=model_cfg, batch_size=batch_size, mode=self.mode)
         if self.mode == "pmap":

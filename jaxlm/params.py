@@ -131,21 +131,19 @@ def _init_flat(key: jax.Array, flat_spec: dict[str, Param]) -> dict[str, jax.Arr
     return {path: p.init(_path_key(key, path), p.shape, p.dtype) for path, p in flat_spec.items()}
 
 
-def init(key: jax.Array, spec: Mapping, mesh: jax.sharding.Mesh | None = None, rules=None) -> dict:
+def init(key: jax.Array, spec: Mapping, shardings: Mapping | None = None) -> dict:
     """Draw every parameter of ``spec``; returns a nested dict of arrays with the spec's structure.
 
-    Each leaf uses ``fold_in(key, crc32(path))``. With ``mesh``, initialisation runs under
-    ``jax.jit(out_shardings=...)`` so parameters are born sharded by the logical-axis ``rules``
-    (default :data:`jaxlm.sharding.RULES`) and never exist whole on one host.
+    Each leaf uses ``fold_in(key, crc32(path))``. With ``shardings`` (a tree of ``jax.sharding.Sharding``
+    matching ``spec``, e.g. :func:`jaxlm.sharding.param_shardings`), initialisation runs under
+    ``jax.jit(out_shardings=...)`` so parameters are born sharded and never exist whole on one host
+    (:func:`jaxlm.sharding.init` does this for a mesh).
     """
     flat_spec = flatten(spec)
     _check_spec(flat_spec)
-    if mesh is None:
+    if shardings is None:
         return unflatten(_init_flat(key, flat_spec))
-    from jaxlm import sharding
-
-    shardings = flatten(sharding.param_shardings(spec, mesh, rules))
-    fn = jax.jit(lambda k: _init_flat(k, flat_spec), out_shardings=shardings)
+    fn = jax.jit(lambda k: _init_flat(k, flat_spec), out_shardings=flatten(shardings))
     return unflatten(fn(key))
 
 

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxlm import params as P
 from jaxlm.config import ConfigError
 from jaxlm.params import flatten, unflatten
 
@@ -160,6 +161,12 @@ def param_shardings(spec: Mapping, mesh: Mesh, rules=None) -> dict:
     """Tree of NamedShardings for a spec on ``mesh`` (same structure as the spec)."""
     return jax.tree.map(lambda ps: NamedSharding(mesh, ps), param_pspecs(spec, mesh, rules),
                         is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def init(key: jax.Array, spec: Mapping, mesh: Mesh | None = None, rules=None) -> dict:
+    """:func:`jaxlm.params.init` with every parameter born sharded over ``mesh`` by the logical-axis
+    ``rules`` (default :data:`RULES`); plain (unsharded) arrays when ``mesh`` is None."""
+    return P.init(key, spec, None if mesh is None else param_shardings(spec, mesh, rules))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

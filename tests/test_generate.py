@@ -68,8 +68,8 @@ def test_cached_decoding_matches_full_recompute_and_batching(model):
 
 
 def test_new_params_are_not_served_from_the_weight_split_cache(gpt2):
-    """``adapters.layers`` reuses the per-layer weight copy of the last params; other params (same config,
-    same shapes, so the same compiled program) must give their own results."""
+    """Other params (same config, same shapes, so the same compiled program) must give their own results:
+    nothing derived from the first params (such as their per-layer weight split) is reused."""
     mod, cfg, params = gpt2
     other = mod.init(jax.random.key(7), cfg)
     a = generate(params, cfg, PROMPTS, max_new_tokens=N_NEW, greedy=True, return_logits=True)

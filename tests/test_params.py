@@ -93,7 +93,7 @@ def test_abstract_gives_shape_dtype_structs_with_shardings():
 def test_init_on_a_mesh_equals_init_without_one():
     mesh = sharding.make_mesh()
     spec = _spec()
-    on_mesh = P.init(jax.random.key(5), spec, mesh)
+    on_mesh = sharding.init(jax.random.key(5), spec, mesh)
     plain = P.init(jax.random.key(5), spec)
     flat_plain = P.flatten(plain)
     assert set(P.flatten(on_mesh)) == set(flat_plain)

@@ -129,7 +129,7 @@ def main(argv: list[str]) -> int:
         ids = _encode(args, loaded)
         stop = _stop_ids(loaded, args.ignore_eos)
         # a decoder's continuation follows the prompt, so show the prompt first
-        echo = args.prompt is not None and not args.chat and type(loaded.config).family != "transformer"
+        echo = args.prompt is not None and not args.chat and loaded.family.KIND == "decoder"
         printer = _Printer(loaded.tokenizer, prefix=args.prompt if echo else "")
         if args.beam is not None:
             out = beam_search(loaded.params, loaded.config, [ids], beam_size=args.beam,

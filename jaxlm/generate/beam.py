@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlm.generate import adapters, inputs
+from jaxlm.generate import inputs, kv_decode
 
 _NEG = -1e9  # log-probability of an empty / impossible beam (finite: -inf - -inf would give NaN)
 
@@ -55,8 +55,8 @@ def length_penalty(length: jax.Array | int, alpha: jax.Array | float) -> jax.Arr
 
 def _run(params, layers, tokens, lengths, alpha, stop_arr, *, cfg, W, N, cache_len, early_stop=True):
     B, V = tokens.shape[0], cfg.vocab_size
-    logits, cache, ctx = adapters.prefill(params, cfg, tokens, lengths, cache_len)
-    cache, ctx = adapters.repeat(cache, ctx, W)  # [B] -> [B * W]: every beam starts from the prompt
+    logits, cache, ctx = kv_decode.prefill(params, cfg, tokens, lengths, cache_len)
+    cache, ctx = kv_decode.repeat(cache, ctx, W)  # [B] -> [B * W]: every beam starts from the prompt
     rows = jnp.arange(B)[:, None] * W  # [B, 1] first flat row of each example
     take = jax.vmap(lambda a, i: a[i])  # per-example gather along the beam axis
 
@@ -80,9 +80,9 @@ def _run(params, layers, tokens, lengths, alpha, stop_arr, *, cfg, W, N, cache_l
         # alive: the W best extensions that did not stop
         alive_lp, a_idx = jax.lax.top_k(jnp.where(is_stop | ~valid, _NEG, top_lp), W)
         alive_seq, nxt = take(seq, a_idx), take(tok, a_idx)  # [B, W, N], [B, W]
-        cache = adapters.reorder_beams(s["cache"], (rows + take(origin, a_idx)).reshape(-1))
+        cache = kv_decode.reorder_beams(s["cache"], (rows + take(origin, a_idx)).reshape(-1))
         logits, cache = jax.lax.cond(
-            i + 1 < N, lambda c: adapters.step(params, layers, cfg, nxt.reshape(-1), i, c, ctx),
+            i + 1 < N, lambda c: kv_decode.step(params, layers, cfg, nxt.reshape(-1), i, c, ctx),
             lambda c: (s["logits"], c), cache)
         return dict(fin, i=i + 1, logits=logits, cache=cache, alive_lp=alive_lp, alive_seq=alive_seq)
 
@@ -112,6 +112,7 @@ def _run(params, layers, tokens, lengths, alpha, stop_arr, *, cfg, W, N, cache_l
             cat(jnp.ones_like(a_valid), jnp.zeros_like(a_valid)), s["i"])
 
 
+# compiled programs memoised per static configuration, as jax.jit's own cache is: they hold no data
 @functools.lru_cache(maxsize=32)
 def _compiled(cfg, W: int, N: int, cache_len: int, early_stop: bool = True):
     return jax.jit(functools.partial(_run, cfg=cfg, W=W, N=N, cache_len=cache_len, early_stop=early_stop))
@@ -128,6 +129,7 @@ def beam_search(
     eos_id: int | None = None,
     stop_tokens: Sequence[int] | int = (),
     max_len: int | None = None,
+    layers: list | None = None,
     _early_stop: bool = True,
 ) -> BeamOutput:
     """Beam search over ``beam_size`` beams per prompt; see the module docstring for the score.
@@ -135,7 +137,8 @@ def beam_search(
     ``prompts`` as in :func:`jaxlm.generate.generate` (source sentences for the encoder-decoder, where
     ``cfg.eos_id`` always ends a hypothesis). ``eos_id`` / ``stop_tokens`` end hypotheses of decoders (none
     by default: every hypothesis then has ``max_new_tokens`` tokens). ``length_penalty`` is GNMT's alpha
-    (0.6 in the GNMT paper). Returns a :class:`BeamOutput`.
+    (0.6 in the GNMT paper). ``layers`` as in :func:`jaxlm.generate.generate`. Returns a
+    :class:`BeamOutput`.
     """
     if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
         raise ValueError(f"beam_size={beam_size!r} must be a positive integer (1 = greedy search).")
@@ -146,7 +149,9 @@ def beam_search(
     stop = inputs.stop_ids(cfg, stop_tokens, eos_id)
     S = inputs.cache_len(batch, cfg, max_new_tokens, max_len)
     run = _compiled(cfg, int(beam_size), int(max_new_tokens), S, _early_stop)
-    res = run(params, adapters.layers(params, cfg), jnp.asarray(batch.tokens), jnp.asarray(batch.lengths),
+    if layers is None:
+        layers = kv_decode.split_layers(params, cfg)
+    res = run(params, layers, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths),
               jnp.float32(length_penalty), inputs.stop_array(stop))
     score, seq, lp, length, stopped, steps = (np.asarray(a) for a in res)
     out = BeamOutput([], [], [], [], [], steps=int(steps))

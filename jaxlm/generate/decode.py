@@ -5,7 +5,7 @@ Both are built from the same two traced functions:
 - ``init``: prefill (prompt through the model, or encoder + BOS for the encoder-decoder) into a KV cache
   preallocated to its final length, then sample the first new token;
 - ``body``: feed the last token (one cached step over per-layer weights split outside the loop, see
-  :mod:`jaxlm.generate.adapters`), sample the next one.
+  :mod:`jaxlm.generate.kv_decode`), sample the next one.
 
 :func:`generate` runs ``init`` and a ``lax.while_loop`` over ``body`` in one ``jax.jit`` (the loop ends
 early once every row has hit a stop token); :func:`stream` jits ``init`` and ``body`` separately and calls
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlm.generate import adapters, inputs, sampling
+from jaxlm.generate import inputs, kv_decode, sampling
 
 
 @dataclass
@@ -46,7 +46,7 @@ class GenerateOutput:
 def _state_init(params, tokens, lengths, key, temperature, top_p, stop, *, cfg, sampler, n_new, cache_len,
                 return_logits):
     """Prefill and the first new token -> the loop state (a dict of arrays). ``stop`` [n] ids padded with -1."""
-    logits, cache, ctx = adapters.prefill(params, cfg, tokens, lengths, cache_len)
+    logits, cache, ctx = kv_decode.prefill(params, cfg, tokens, lengths, cache_len)
     B = tokens.shape[0]
     tok = sampling.sample(logits, jax.random.fold_in(key, 0), sampler, temperature, top_p)
     state = {
@@ -64,7 +64,7 @@ def _state_init(params, tokens, lengths, key, temperature, top_p, stop, *, cfg, 
 def _state_body(params, layers, state, *, cfg, sampler):
     """One decode step: feed the last token, sample token ``i``, mark rows that hit a stop id."""
     i = state["i"]
-    logits, cache = adapters.step(params, layers, cfg, state["tok"], i - 1, state["cache"], state["ctx"])
+    logits, cache = kv_decode.step(params, layers, cfg, state["tok"], i - 1, state["cache"], state["ctx"])
     tok = sampling.sample(logits, jax.random.fold_in(state["key"], i), sampler, state["temperature"],
                           state["top_p"])
     tok = jnp.where(state["done"], cfg.pad_id, tok)  # finished rows emit padding
@@ -76,6 +76,7 @@ def _state_body(params, layers, state, *, cfg, sampler):
     return new
 
 
+# compiled programs memoised per static configuration, as jax.jit's own cache is: they hold no data
 @functools.lru_cache(maxsize=64)
 def _compiled(cfg, sampler: sampling.Sampler, n_new: int, cache_len: int, return_logits: bool):
     """Jitted (run, init, body) for one static setting; cached so repeated calls reuse the compilation."""
@@ -115,6 +116,7 @@ def generate(
     seed: int = 0,
     max_len: int | None = None,
     return_logits: bool = False,
+    layers: list | None = None,
 ) -> GenerateOutput:
     """Generate up to ``max_new_tokens`` tokens for every prompt with a KV cache, in one ``jax.jit``.
 
@@ -127,13 +129,16 @@ def generate(
     softmax(logits / temperature) restricted to the ``top_k`` most likely tokens and then to the nucleus of
     mass ``top_p``. ``seed`` makes sampling reproducible. A row ends at any id in ``stop_tokens``.
     ``max_len`` (cache slots) may be raised above what the prompt needs so different prompt lengths reuse one
-    compiled program. Returns a :class:`GenerateOutput`.
+    compiled program. ``layers``: :func:`jaxlm.generate.kv_decode.split_layers` of ``params``, to reuse
+    across calls (made on each call when None). Returns a :class:`GenerateOutput`.
     """
     batch, sampler, stop, S, (temp, tp) = _setup(params, cfg, prompts, max_new_tokens, temperature, top_k,
                                                  top_p, greedy, stop_tokens, max_len)
     run, *_ = _compiled(cfg, sampler, int(max_new_tokens), S, bool(return_logits))
-    out, n, logits = run(params, adapters.layers(params, cfg), jnp.asarray(batch.tokens),
-                         jnp.asarray(batch.lengths), jax.random.key(seed), temp, tp, inputs.stop_array(stop))
+    if layers is None:
+        layers = kv_decode.split_layers(params, cfg)
+    out, n, logits = run(params, layers, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths),
+                         jax.random.key(seed), temp, tp, inputs.stop_array(stop))
     out, n = np.asarray(out), int(n)
     tokens, stopped = [], []
     for row in out[:, :n]:
@@ -162,6 +167,7 @@ def stream(
     stop_tokens: Sequence[int] | int = (),
     seed: int = 0,
     max_len: int | None = None,
+    layers: list | None = None,
 ) -> Iterator[int]:
     """Yield the new token ids of one ``prompt`` (a list of ids) as they are produced; stops before a stop
     token (not yielded) or after ``max_new_tokens``. Uses the same prefill and step functions as
@@ -175,7 +181,8 @@ def stream(
     batch, sampler, stop, S, (temp, tp) = _setup(params, cfg, [list(prompt)], max_new_tokens, temperature,
                                                  top_k, top_p, greedy, stop_tokens, max_len)
     _, init, body = _compiled(cfg, sampler, int(max_new_tokens), S, False)
-    layers = adapters.layers(params, cfg)  # per-layer weights, split outside the per-token step
+    if layers is None:  # per-layer weights, split outside the per-token step
+        layers = kv_decode.split_layers(params, cfg)
     state = init(params, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths), jax.random.key(seed), temp, tp,
                  inputs.stop_array(stop))
     for i in range(int(max_new_tokens)):

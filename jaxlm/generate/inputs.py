@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from jaxlm.models import FAMILIES, family_of
+
 BUCKET = 16  # prompt widths are rounded up to a multiple of this
 
 
@@ -30,7 +32,7 @@ class Batch:
 
 
 def is_encoder_decoder(cfg) -> bool:
-    return type(cfg).family == "transformer"
+    return family_of(cfg).KIND == "encoder-decoder"
 
 
 def _as_prompt_list(prompts) -> list[np.ndarray]:
@@ -78,9 +80,10 @@ def prepare(prompts, cfg, max_new_tokens: int) -> Batch:
     fit the model's context together with ``max_new_tokens``.
     """
     family = getattr(type(cfg), "family", None)
-    if family not in ("gpt2", "llama", "transformer"):
-        raise ValueError(f"generation needs a model with a causal decoder (gpt2, llama or the transformer "
-                         f"encoder-decoder), got a {family!r} config: BERT-style encoders do not generate text.")
+    if family not in FAMILIES or family_of(cfg).KIND == "encoder":
+        able = sorted(n for n, m in FAMILIES.items() if m.KIND != "encoder")
+        raise ValueError(f"generation needs a model with a causal decoder ({', '.join(able)}), got a {family!r} "
+                         f"config: encoders (KIND 'encoder') do not generate text.")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int | np.integer) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a positive integer (e.g. 32).")
     rows = _as_prompt_list(prompts)

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import jax.numpy as jnp
 
 from jaxlm.config import ConfigError, check_choice, closest
-from jaxlm.nn import attention, ffn, norms, positions, stack
+from jaxlm.nn import attention, blocks, ffn, norms, positions, stack
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -24,6 +24,9 @@ class ModelConfig:
     """
 
     family: ClassVar[str] = "base"
+    # fields this family's code never reads: they must keep their defaults (an override is an error that
+    # lists the fields the family does use)
+    unused: ClassVar[tuple[str, ...]] = ()
 
     vocab_size: int
     max_len: int
@@ -68,8 +71,53 @@ class ModelConfig:
     def replace(self, **kw: Any) -> ModelConfig:
         return dataclasses.replace(self, **kw)
 
+    # the narrow configs of the building blocks (jaxlm.nn takes only what it uses)
+    @property
+    def attn_cfg(self) -> attention.AttentionConfig:
+        return attention.AttentionConfig(
+            d_model=self.d_model, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads, head_dim=self.d_head,
+            dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.use_bias, init=self.init,
+            init_std=self.init_std, out_scale=self._out_scale, pos_emb=self.pos_emb, rope_theta=self.rope_theta,
+            dropout=self.attn_dropout, impl=self.attn_impl)
+
+    @property
+    def ffn_cfg(self) -> ffn.FFNConfig:
+        return ffn.FFNConfig(d_model=self.d_model, d_ff=self.d_ff, activation=self.activation, dtype=self.dtype,
+                             param_dtype=self.param_dtype, use_bias=self.use_bias, init=self.init,
+                             init_std=self.init_std, out_scale=self._out_scale, dropout=self.ffn_dropout)
+
+    @property
+    def norm_cfg(self) -> norms.NormConfig:
+        return norms.NormConfig(kind=self.norm, dim=self.d_model, eps=self.norm_eps, param_dtype=self.param_dtype)
+
+    @property
+    def block_cfg(self) -> blocks.BlockConfig:
+        return blocks.BlockConfig(attn=self.attn_cfg, ffn=self.ffn_cfg, norm=self.norm_cfg,
+                                  norm_position=self.norm_position, dropout=self.dropout)
+
+    @property
+    def _out_scale(self) -> float:
+        # GPT-2 scales the residual output projections' init by 1/sqrt(2 * n_layers)
+        return (2 * self.n_layers) ** -0.5 if self.scale_residual_init else 1.0
+
+    @property
+    def embed_std(self) -> float:
+        """Init std of the token (and position) tables: ``init_std``, or d_model^-0.5 with Xavier init."""
+        return self.init_std if self.init == "normal" else self.d_model**-0.5
+
+    @classmethod
+    def used_fields(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if f.name not in cls.unused]
+
     def __post_init__(self) -> None:
         name = f"{type(self).family}.{type(self).__name__}"  # e.g. "gpt2.Config": says which family
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        changed = [f for f in type(self).unused if getattr(self, f) != defaults[f]]
+        if changed:
+            raise ConfigError(
+                f"{name} does not use {', '.join(changed)} (set to "
+                f"{', '.join(repr(getattr(self, f)) for f in changed)}); the {type(self).family} family's "
+                f"fields are: {', '.join(type(self).used_fields())}.")
         for f in ("vocab_size", "max_len", "d_model", "n_heads", "n_layers", "d_ff"):
             v = getattr(self, f)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:

@@ -28,8 +28,9 @@ import jax.numpy as jnp
 from jaxlm import params as P
 from jaxlm import sharding
 from jaxlm.config import ConfigError, check_choice
+from jaxlm.models import decoder
 from jaxlm.models.base import ModelConfig, Preset
-from jaxlm.nn import blocks, embed, ffn, linear, masks, norms, positions, stack
+from jaxlm.nn import blocks, embed, ffn, linear, masks, norms, stack
 from jaxlm.params import Param, zeros
 
 HEADS = ("mlm", "classifier", "span")
@@ -38,18 +39,15 @@ HEADS = ("mlm", "classifier", "span")
 @dataclass(frozen=True, kw_only=True)
 class Config(ModelConfig):
     family: ClassVar[str] = "bert"
+    unused: ClassVar[tuple[str, ...]] = ("rope_theta", "tie_embeddings", "embed_scale", "final_norm")
     vocab_size: int = 30522
     max_len: int = 512
     d_model: int = 768
     n_heads: int = 12
     n_layers: int = 12
     d_ff: int = 3072
-    activation: str = "gelu"
-    norm: str = "layernorm"
     norm_eps: float = 1e-12
     norm_position: str = "post"
-    pos_emb: str = "learned"
-    tie_embeddings: bool = True
     final_norm: bool = False
     type_vocab_size: int = 2
     pooler: bool = True
@@ -93,10 +91,9 @@ def for_task(cfg: Config, task: str) -> Config:
 
 
 def spec(cfg: Config) -> dict:
+    """``embed/{tokens, positions, token_types}``, ``embed_norm``, ``layers`` and the pooler and heads."""
     dt = jnp.dtype(cfg.param_dtype)
-    e = embed.spec(cfg)
-    if cfg.pos_emb == "learned":
-        e.update(positions.learned_spec(cfg))
+    e = decoder.embed_spec(cfg)
     e["token_types"] = Param((cfg.type_vocab_size, cfg.d_model), (None, "embed"), P.normal(cfg.init_std), dt)
     p = {"embed": e, "embed_norm": norms.spec(cfg), "layers": stack.spec(blocks.spec(cfg), cfg.n_layers)}
     D = cfg.d_model
@@ -113,54 +110,49 @@ def spec(cfg: Config) -> dict:
 
 
 def init(key: jax.Array, cfg: Config, mesh=None) -> dict:
-    return P.init(key, spec(cfg), mesh)
+    return sharding.init(key, spec(cfg), mesh)
 
 
-def encode(params: dict, tokens: jax.Array, cfg: Config, *, token_types=None, valid=None, positions_=None,
-           segment_ids=None, key=None, return_weights: bool = False, block_fn=blocks.apply):
-    """tokens [B, T] -> (hidden [B, T, D], aux). ``valid`` [B, T] marks real tokens (None = all);
-    ``segment_ids`` keep packed sequences apart."""
+def encode(params: dict, tokens: jax.Array, cfg: Config, *, token_types=None, valid=None, positions=None,
+           segment_ids=None, key=None, return_aux: bool = False, return_weights: bool = False,
+           block_fn=blocks.apply):
+    """tokens [B, T] -> hidden [B, T, D] (``(hidden, aux)`` with aux ``weights`` when asked). ``valid``
+    [B, T] marks real tokens (None = all); ``segment_ids`` keep packed sequences apart."""
     embed.check_tokens(tokens, cfg.vocab_size)
     B, T = tokens.shape
-    if T > cfg.max_len:
-        raise ValueError(f"sequence length {T} exceeds max_len={cfg.max_len}; truncate the input.")
+    decoder.check_length(T, cfg)
     dt = jnp.dtype(cfg.dtype)
-    pos = jnp.broadcast_to(jnp.arange(T)[None], (B, T)) if positions_ is None else positions_
+    pos = jnp.broadcast_to(jnp.arange(T)[None], (B, T)) if positions is None else positions
     if token_types is not None:
         embed.check_tokens(token_types, cfg.type_vocab_size, "token type ids",
                            fix=f"segment A is 0, segment B is 1; this model has type_vocab_size="
                                f"{cfg.type_vocab_size}")
     tt = jnp.zeros_like(tokens) if token_types is None else token_types
-    x = embed.apply(params["embed"], tokens, dt) + jnp.take(params["embed"]["token_types"], tt, axis=0).astype(dt)
-    if cfg.pos_emb == "learned":
-        x = x + positions.learned(params["embed"], pos, dt)
-    x = norms.apply(params["embed_norm"], x, cfg)
-    if key is not None:
-        key, k = jax.random.split(key)
-        x = ffn.dropout(x, cfg.dropout, k)
-    x = sharding.constrain(x, ("batch", "seq", "act_embed"))
+    k_emb, k_layers = (None, None) if key is None else jax.random.split(key)
+    x = decoder.embed(params["embed"], tokens, cfg, pos)
+    x = x + jnp.take(params["embed"]["token_types"], tt, axis=0).astype(dt)
+    x = ffn.dropout(norms.apply(params["embed_norm"], x, cfg), cfg.dropout, k_emb)
     mask = masks.make_mask(T, q_segment_ids=segment_ids, kv_valid=valid)
-    keys = None if key is None else jax.random.split(key, cfg.n_layers)
-
-    def body(p, h, k):
-        h, aux = block_fn(p, h, cfg, mask=mask, positions_=pos, key=k, return_weights=return_weights)
-        return h, aux.get("weights", None) if return_weights else {}
-
-    x, ws = stack.apply(body, params["layers"], x, keys, scan=cfg.scan_layers, remat=cfg.remat)
-    return x, ({"weights": ws} if return_weights else {})
+    x, ys = decoder.run_layers(params["layers"], x, cfg, mask=mask, positions=pos, key=k_layers,
+                               return_weights=return_weights, block_fn=block_fn)
+    if not (return_aux or return_weights):
+        return x
+    return x, {k: ys[k] for k in ("weights",) if k in ys}
 
 
 def apply(params: dict, tokens: jax.Array, cfg: Config, *, token_types=None, valid=None, positions=None,
           segment_ids=None, key=None, return_weights: bool = False, block_fn=blocks.apply) -> dict:
     """tokens [B, T] -> dict with ``hidden`` [B, T, D], ``pooled`` [B, D] (with a pooler), and per head:
     ``mlm_logits`` [B, T, V], ``logits`` [B, num_labels], ``start_logits``/``end_logits`` [B, T]
-    (float32); ``weights`` [L, B, H, T, T] when asked."""
+    (float32); ``weights`` [L, B, H, T, T] when asked. (An encoder's output is already a dict of named
+    outputs, so what other families return in aux is part of it.)"""
     dt = jnp.dtype(cfg.dtype)
     k_enc = k_cls = None
     if key is not None:
         k_enc, k_cls = jax.random.split(key)
-    h, aux = encode(params, tokens, cfg, token_types=token_types, valid=valid, positions_=positions,
-                    segment_ids=segment_ids, key=k_enc, return_weights=return_weights, block_fn=block_fn)
+    h, aux = encode(params, tokens, cfg, token_types=token_types, valid=valid, positions=positions,
+                    segment_ids=segment_ids, key=k_enc, return_aux=True, return_weights=return_weights,
+                    block_fn=block_fn)
     out = {"hidden": h, **aux}
     if cfg.pooler:
         out["pooled"] = jnp.tanh(linear.apply(params["pooler"], h[:, 0], "BD,DE->BE", dt))

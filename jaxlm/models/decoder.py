@@ -1,7 +1,18 @@
-"""A decoder-only causal language model: the shared body of GPT-2 and LLaMA.
+"""The one decoder stack: embedding, masks, the layer loop and the output head, shared by every family.
 
-tokens [B, T] -> embeddings (+ learned positions) -> L pre-norm blocks (causal self-attention) ->
-final norm -> logits [B, T, V] (tied: x @ E^T, or an untied head).
+A decoder-only causal LM (GPT-2, LLaMA) is :func:`apply`: tokens [B, T] -> embeddings (+ absolute
+positions) -> L blocks of causal self-attention -> final norm -> logits [B, T, V] (tied: x @ E^T, or an
+untied head). The encoder-decoder's decoder (:func:`jaxlm.models.transformer.decode`) is the same
+:func:`decode` with cross-attention to the encoder output, and the KV-cache decode loop
+(:mod:`jaxlm.generate.kv_decode`) runs :func:`decode` too, one token at a time, over the layers split from
+the stack once (``layers=``, a list of per-layer trees) and a cache laid out for one-token attention.
+Encoders (BERT, the Transformer's encoder) reuse :func:`embed` and :func:`run_layers` with a
+bidirectional mask.
+
+Return convention of every ``apply``/``decode``/``encode`` here and in the families: the output alone, or
+``(output, aux)`` when anything that lives in aux was asked for (``return_aux``, a ``cache``,
+``return_weights``, ``return_hidden``). aux may hold ``cache`` (the updated KV cache), ``weights``
+[L, B, H, T, S] (``cross_weights`` for cross-attention) and ``hidden`` (the final hidden states [B, T, D]).
 """
 
 from __future__ import annotations
@@ -11,33 +22,76 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxlm import params as P
 from jaxlm import sharding
-from jaxlm.nn import blocks, embed, masks, norms, positions, stack
+from jaxlm.nn import blocks, ffn, masks, norms, stack
+from jaxlm.nn import embed as embed_lib
+from jaxlm.nn import positions as pos_enc
 
 
-def spec(cfg) -> dict:
-    """``embed/{tokens[, positions]}``, ``layers`` (stacked blocks), ``final_norm``, ``[lm_head]``."""
-    e = embed.spec(cfg)
+# ------------------------------------------------------------------------------------------------------------
+# parameters
+def embed_spec(cfg) -> dict:
+    """``{"tokens": [V, D]}`` plus ``{"positions": [max_len, D]}`` for learned positions."""
+    e = embed_lib.spec(cfg.vocab_size, cfg.d_model, std=cfg.embed_std, dtype=cfg.param_dtype)
     if cfg.pos_emb == "learned":
-        e.update(positions.learned_spec(cfg))
-    p = {"embed": e, "layers": stack.spec(blocks.spec(cfg), cfg.n_layers)}
+        e.update(pos_enc.learned_spec(cfg.max_len, cfg.d_model, std=cfg.init_std, dtype=cfg.param_dtype))
+    return e
+
+
+def stack_spec(cfg, n_layers: int, *, cross: bool = False) -> dict:
+    """``{"layers": [L, ...] blocks, "final_norm"}`` (the final norm when ``cfg.final_norm``)."""
+    p = {"layers": stack.spec(blocks.spec(cfg, cross=cross), n_layers)}
     if cfg.final_norm:
         p["final_norm"] = norms.spec(cfg)
-    if not cfg.tie_embeddings:
-        p["lm_head"] = embed.unembed_spec(cfg)
     return p
 
 
+def head_spec(cfg) -> dict:
+    """``{"lm_head": [D, V]}`` for an untied output head, else nothing (the token table is reused)."""
+    if cfg.tie_embeddings:
+        return {}
+    return {"lm_head": embed_lib.unembed_spec(cfg.d_model, cfg.vocab_size, std=cfg.init_std,
+                                              dtype=cfg.param_dtype)}
+
+
+def spec(cfg) -> dict:
+    """A decoder-only LM: ``embed/{tokens[, positions]}``, ``layers``, ``[final_norm]``, ``[lm_head]``."""
+    return {"embed": embed_spec(cfg), **stack_spec(cfg, cfg.n_layers), **head_spec(cfg)}
+
+
 def init(key: jax.Array, cfg, mesh=None) -> dict:
-    return P.init(key, spec(cfg), mesh)
+    """Draw the decoder-only LM's parameters (sharded over ``mesh`` when given)."""
+    return sharding.init(key, spec(cfg), mesh)
 
 
-def init_cache(cfg, batch: int, max_len: int, dtype=None) -> dict:
-    """Zeroed KV cache ``{"self": {"k","v": [L, B, S_max, G, K]}}``."""
+def init_cache(cfg, batch: int, max_len: int, dtype=None, n_layers: int | None = None) -> dict:
+    """Zeroed KV cache ``{"self": {"k","v": [L, B, S_max, G, K]}}`` (L = ``n_layers`` or ``cfg.n_layers``)."""
     dtype = dtype or cfg.dtype
-    shape = (cfg.n_layers, batch, max_len, cfg.kv_heads, cfg.head_dim)
+    shape = (n_layers or cfg.n_layers, batch, max_len, cfg.kv_heads, cfg.head_dim)
     return {"self": {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the pieces
+def check_length(T: int, cfg, role: str = "") -> None:
+    """A sequence longer than ``max_len`` is an error: learned tables would silently clamp, and
+    RoPE/sinusoidal/ALiBi would run at positions never trained. ``role`` ("source", "target") names it."""
+    if T > cfg.max_len:
+        raise ValueError(f"{role or 'sequence'} length {T} exceeds max_len={cfg.max_len}: truncate the "
+                         f"{role or 'input'} to {cfg.max_len} tokens (or build the model with a larger max_len).")
+
+
+def embed(p: dict, tokens: jax.Array, cfg, positions: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    """[B, T] -> [B, T, D]: token embeddings (times sqrt(D) with ``embed_scale``) plus absolute positions
+    (learned or sinusoidal; RoPE/ALiBi act in attention instead), then dropout when ``key`` is given."""
+    dt = jnp.dtype(cfg.dtype)
+    x = embed_lib.apply(p, tokens, dt, scale=cfg.d_model**0.5 if cfg.embed_scale else None)
+    if cfg.pos_emb == "learned":
+        x = x + pos_enc.learned(p, positions, dt)
+    elif cfg.pos_emb == "sinusoidal":
+        x = x + pos_enc.sinusoidal(positions, cfg.d_model, dt)
+    x = ffn.dropout(x, cfg.dropout, key)
+    return sharding.constrain(x, ("batch", "seq", "act_embed"))
 
 
 def _check_cache_room(cache_index, T: int, S: int) -> None:
@@ -53,24 +107,127 @@ def _check_cache_room(cache_index, T: int, S: int) -> None:
                          f"cache with max_len >= {i + T} (init_cache(cfg, batch, max_len)).")
 
 
-def embed_tokens(params: dict, tokens: jax.Array, cfg, positions_: jax.Array) -> jax.Array:
-    """[B, T] -> [B, T, D]: token embeddings (scaled by sqrt(D) if configured) plus absolute positions."""
-    dt = jnp.dtype(cfg.dtype)
-    x = embed.apply(params["embed"], tokens, dt, scale=cfg.d_model**0.5 if cfg.embed_scale else None)
-    if cfg.pos_emb == "learned":
-        x = x + positions.learned(params["embed"], positions_, dt)
-    elif cfg.pos_emb == "sinusoidal":
-        x = x + positions.sinusoidal(positions_, cfg.d_model, dt)
-    return x
+def cache_slots(cache: dict) -> int:
+    """Slots S of a KV cache: stacked ``[L, B, S, G, K]`` leaves, or a per-layer list of ``[N, S, K]``."""
+    k = cache["self"]["k"] if isinstance(cache["self"], dict) else cache["self"][0]["k"]
+    return k.shape[-3] if k.ndim == 5 else k.shape[1]
 
 
-def logits_from_hidden(params: dict, x: jax.Array, cfg) -> jax.Array:
-    """Final hidden [B, T, D] -> float32 logits [B, T, V]."""
-    if cfg.tie_embeddings:
-        out = embed.attend(params["embed"], x)
+def causal_mask(B: int, T: int, *, segment_ids=None, kv_valid=None, cache: dict | None = None,
+                cache_index=None) -> tuple[jax.Array, jax.Array]:
+    """(slots [B, T], mask [B|1, 1, T, S]) for causal self-attention: without a cache over the T tokens
+    (``segment_ids`` keep packed sequences apart); with one, the tokens sit at slots ``cache_index + t`` and
+    attend to every filled slot up to their own. ``kv_valid`` [B, S] masks padding slots."""
+    if cache is None:
+        slots = jnp.broadcast_to(jnp.arange(T)[None], (B, T))
+        return slots, masks.make_mask(T, causal=True, q_segment_ids=segment_ids, kv_valid=kv_valid)
+    S = cache_slots(cache)
+    _check_cache_room(cache_index, T, S)
+    slots = jnp.broadcast_to((cache_index + jnp.arange(T))[None], (B, T))
+    return slots, masks.make_mask(T, S, causal=True, q_positions=slots, kv_positions=jnp.arange(S)[None],
+                                  kv_valid=kv_valid)
+
+
+def run_layers(layers, x: jax.Array, cfg, *, mask=None, positions=None, enc=None, enc_mask=None,
+               cache: dict | None = None, cache_index=None, key: jax.Array | None = None,
+               return_weights: bool = False, block_fn: Callable = blocks.apply) -> tuple[jax.Array, dict]:
+    """The layer loop: ``x`` [B, T, D] through every block -> (x, ys).
+
+    ``layers``: the stacked block parameters (scanned, or looped with ``cfg.scan_layers=False``) or a list
+    of per-layer trees. ``cache``: ``{"self": ..., ["cross": ...]}`` with stacked leaves (or per-layer lists,
+    matching ``layers``). ys holds ``cache`` (the updated cache, same layout) and, with
+    ``return_weights``, ``weights`` / ``cross_weights`` stacked over layers.
+    """
+    per_layer = isinstance(layers, list)
+    n = len(layers) if per_layer else jax.tree.leaves(layers)[0].shape[0]
+    keys = None if key is None else jax.random.split(key, n)
+    if per_layer:
+        xs = [(None if keys is None else keys[i], None if cache is None else {c: cache[c][i] for c in cache})
+              for i in range(n)]
     else:
-        out = embed.unembed(params["lm_head"], x)
+        xs = (keys, cache)
+
+    def body(p, h, layer_xs):
+        k, c = layer_xs
+        h, aux = block_fn(p, h, cfg, mask=mask, positions=positions, enc=enc, enc_mask=enc_mask, cache=c,
+                          cache_index=cache_index, key=k, return_weights=return_weights)
+        out = {}
+        if c is not None:
+            out["cache"] = aux["cache"]["self"]  # cross-attention keys/values never change: not re-emitted
+        if return_weights:
+            out.update({w: aux[w] for w in ("weights", "cross_weights") if w in aux})
+        return h, out
+
+    x, ys = stack.apply(body, layers, x, xs, scan=cfg.scan_layers, remat=cfg.remat)
+    if per_layer:
+        ys = {k: [y[k] for y in ys] for k in ys[0]}
+        ys.update({w: jnp.stack(ys[w]) for w in ("weights", "cross_weights") if w in ys})
+    if cache is not None:
+        ys["cache"] = {**cache, "self": ys["cache"]}
+    return x, ys
+
+
+def logits(params: dict, x: jax.Array, cfg) -> jax.Array:
+    """Final hidden [B, T, D] -> float32 logits [B, T, V] (tied to the token table, or the untied head)."""
+    out = embed_lib.attend(params["embed"], x) if cfg.tie_embeddings else embed_lib.unembed(params["lm_head"], x)
     return out.astype(jnp.float32)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the decoder
+def decode(
+    params: dict,
+    stack_params: dict,
+    tokens: jax.Array,
+    cfg,
+    *,
+    enc: jax.Array | None = None,
+    enc_mask: jax.Array | None = None,
+    positions: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+    kv_valid: jax.Array | None = None,
+    cache: dict | None = None,
+    cache_index: jax.Array | int | None = None,
+    layers: list | None = None,
+    key: jax.Array | None = None,
+    return_aux: bool = False,
+    return_weights: bool = False,
+    return_hidden: bool = False,
+    block_fn: Callable = blocks.apply,
+    role: str = "",
+):
+    """The causal decoder: tokens [B, T] -> logits [B, T, V] float32.
+
+    ``params`` holds ``embed`` (and ``lm_head`` when untied); ``stack_params`` holds ``layers`` and
+    ``final_norm`` (the same tree for a decoder-only LM). ``enc`` [B, S, D] / ``enc_mask`` add
+    cross-attention (or a ``cache["cross"]`` computed once). ``positions`` [B, T] default to the token
+    slots; ``segment_ids`` [B, T] keep packed sequences apart; ``key`` enables dropout. Incremental
+    decoding: ``cache`` and ``cache_index`` (the slot of ``tokens[:, 0]``); ``kv_valid`` [B, S] marks slots
+    holding real tokens (left padding); ``layers`` (a list of per-layer trees) replaces the stacked layers.
+    ``role`` ("target") names the tokens in error messages. See the module docstring for the return
+    convention.
+    """
+    embed_lib.check_tokens(tokens, cfg.vocab_size, f"{role} token ids".lstrip())
+    B, T = tokens.shape
+    if cache is None:
+        check_length(T, cfg, role)
+    slots, mask = causal_mask(B, T, segment_ids=segment_ids, kv_valid=kv_valid, cache=cache,
+                              cache_index=cache_index)
+    pos = slots if positions is None else positions
+    k_emb, k_layers = (None, None) if key is None else jax.random.split(key)
+    x = embed(params["embed"], tokens, cfg, pos, k_emb)
+    x, ys = run_layers(stack_params["layers"] if layers is None else layers, x, cfg, mask=mask, positions=pos,
+                       enc=enc, enc_mask=enc_mask, cache=cache, cache_index=cache_index, key=k_layers,
+                       return_weights=return_weights, block_fn=block_fn)
+    if cfg.final_norm:
+        x = norms.apply(stack_params["final_norm"], x, cfg)
+    out = logits(params, x, cfg)
+    if not (return_aux or cache is not None or return_weights or return_hidden):
+        return out
+    aux = {k: ys[k] for k in ("cache", "weights", "cross_weights") if k in ys}
+    if return_hidden:
+        aux["hidden"] = x
+    return out, aux
 
 
 def apply(
@@ -83,70 +240,15 @@ def apply(
     kv_valid: jax.Array | None = None,
     cache: dict | None = None,
     cache_index: jax.Array | int | None = None,
+    layers: list | None = None,
     key: jax.Array | None = None,
     return_aux: bool = False,
     return_weights: bool = False,
     return_hidden: bool = False,
     block_fn: Callable = blocks.apply,
 ):
-    """Causal LM forward pass.
-
-    tokens [B, T] int -> logits [B, T, V] float32. ``positions`` [B, T] (default 0..T-1, or the cache
-    slots); ``segment_ids`` [B, T] keep packed sequences apart; ``key`` enables dropout.
-    Incremental decoding: pass ``cache`` (from :func:`init_cache`) and ``cache_index`` (the slot of
-    ``tokens[:, 0]``); ``kv_valid`` [B, S_max] marks cache slots that hold real tokens (left padding).
-    With ``return_aux`` returns (logits, aux) where aux may hold ``cache``, ``weights`` [L, B, H, T, S]
-    and ``hidden`` [B, T, D].
-    """
-    embed.check_tokens(tokens, cfg.vocab_size)
-    B, T = tokens.shape
-    if cache is None:
-        # learned tables would silently clamp; RoPE/sinusoidal/ALiBi run but were never trained that far
-        if T > cfg.max_len:
-            raise ValueError(f"sequence length {T} exceeds max_len={cfg.max_len}: truncate the input to "
-                             f"{cfg.max_len} tokens (or build the model with a larger max_len).")
-        slots = jnp.broadcast_to(jnp.arange(T)[None], (B, T))
-        mask = masks.make_mask(T, causal=True, q_segment_ids=segment_ids, kv_valid=kv_valid)
-    else:
-        S = cache["self"]["k"].shape[2]
-        _check_cache_room(cache_index, T, S)
-        slots = jnp.broadcast_to((cache_index + jnp.arange(T))[None], (B, T))
-        mask = masks.make_mask(T, S, causal=True, q_positions=slots,
-                               kv_positions=jnp.arange(S)[None], kv_valid=kv_valid)
-    pos = slots if positions is None else positions
-    x = embed_tokens(params, tokens, cfg, pos)
-    x = sharding.constrain(x, ("batch", "seq", "act_embed"))
-    if key is not None:
-        key, k_emb = jax.random.split(key)
-        from jaxlm.nn.ffn import dropout
-        x = dropout(x, cfg.dropout, k_emb)
-    layer_keys = None if key is None else jax.random.split(key, cfg.n_layers)
-    layer_cache = None if cache is None else cache["self"]
-
-    def body(p, h, xs):
-        lk, lc = xs
-        h, aux = block_fn(p, h, cfg, mask=mask, positions_=pos,
-                          cache=None if lc is None else {"self": lc}, cache_index=cache_index,
-                          key=lk, return_weights=return_weights)
-        out = {}
-        if lc is not None:
-            out["cache"] = aux["cache"]["self"]
-        if return_weights:
-            out["weights"] = aux["weights"]
-        return h, out
-
-    x, ys = stack.apply(body, params["layers"], x, (layer_keys, layer_cache),
-                        scan=cfg.scan_layers, remat=cfg.remat)
-    if cfg.final_norm:
-        x = norms.apply(params["final_norm"], x, cfg)
-    logits = logits_from_hidden(params, x, cfg)
-    if not (return_aux or cache is not None):
-        return logits
-    aux = {}
-    if cache is not None:
-        aux["cache"] = {"self": ys["cache"]}
-    if return_weights:
-        aux["weights"] = ys["weights"]
-    if return_hidden:
-        aux["hidden"] = x
-    return logits, aux
+    """A decoder-only causal LM: tokens [B, T] int -> logits [B, T, V] float32 (:func:`decode` with the
+    model's own stack and no cross-attention; same keywords and return convention)."""
+    return decode(params, params, tokens, cfg, positions=positions, segment_ids=segment_ids, kv_valid=kv_valid,
+                  cache=cache, cache_index=cache_index, layers=layers, key=key, return_aux=return_aux,
+                  return_weights=return_weights, return_hidden=return_hidden, block_fn=block_fn)

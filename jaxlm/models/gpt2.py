@@ -28,12 +28,6 @@ class Config(ModelConfig):
     n_layers: int = 12
     d_ff: int = 3072
     activation: str = "gelu_tanh"
-    norm: str = "layernorm"
-    norm_eps: float = 1e-5
-    norm_position: str = "pre"
-    pos_emb: str = "learned"
-    tie_embeddings: bool = True
-    use_bias: bool = True
     scale_residual_init: bool = True
 
 

@@ -32,10 +32,7 @@ class Config(ModelConfig):
     attn_dropout: float = 0.0
     activation: str = "swiglu"
     norm: str = "rmsnorm"
-    norm_eps: float = 1e-5
-    norm_position: str = "pre"
     pos_emb: str = "rope"
-    rope_theta: float = 10000.0
     tie_embeddings: bool = False
     use_bias: bool = False
 

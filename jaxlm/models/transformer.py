@@ -26,17 +26,17 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from jaxlm import params as P
 from jaxlm import sharding
 from jaxlm.config import ConfigError
-from jaxlm.models import decoder as decoder_lm
+from jaxlm.models import decoder
 from jaxlm.models.base import ModelConfig, Preset
-from jaxlm.nn import attention, blocks, embed, ffn, masks, norms, positions, stack
+from jaxlm.nn import attention, blocks, embed, masks, norms
 
 
 @dataclass(frozen=True, kw_only=True)
 class Config(ModelConfig):
     family: ClassVar[str] = "transformer"
+    unused: ClassVar[tuple[str, ...]] = ("rope_theta",)
     vocab_size: int = 37000
     max_len: int = 1024
     d_model: int = 512
@@ -44,14 +44,11 @@ class Config(ModelConfig):
     n_layers: int = 6  # encoder layers
     n_dec_layers: int | None = None  # None = n_layers
     d_ff: int = 2048
-    dropout: float = 0.1
     attn_dropout: float = 0.0
     activation: str = "relu"
-    norm: str = "layernorm"
     norm_eps: float = 1e-6
     norm_position: str = "post"
     pos_emb: str = "sinusoidal"
-    tie_embeddings: bool = True
     embed_scale: bool = True
     final_norm: bool = False
     init: str = "xavier"
@@ -84,70 +81,40 @@ PRESETS: dict[str, Preset] = {
 
 
 def spec(cfg: Config) -> dict:
-    """``embed`` (shared), ``encoder/layers``, ``decoder/layers`` (with cross-attention), optional final norms
-    and untied head."""
-    e = embed.spec(cfg)
-    if cfg.pos_emb == "learned":
-        e.update(positions.learned_spec(cfg))
-    p = {"embed": e,
-         "encoder": {"layers": stack.spec(blocks.spec(cfg), cfg.n_layers)},
-         "decoder": {"layers": stack.spec(blocks.spec(cfg, cross=True), cfg.dec_layers)}}
-    if cfg.final_norm:
-        p["encoder"]["final_norm"] = norms.spec(cfg)
-        p["decoder"]["final_norm"] = norms.spec(cfg)
-    if not cfg.tie_embeddings:
-        p["lm_head"] = embed.unembed_spec(cfg)
-    return p
+    """``embed`` (shared by source, target and output), ``encoder``/``decoder`` stacks (the decoder's blocks
+    with cross-attention), final norms when configured, and an untied head when configured."""
+    return {"embed": decoder.embed_spec(cfg),
+            "encoder": decoder.stack_spec(cfg, cfg.n_layers),
+            "decoder": decoder.stack_spec(cfg, cfg.dec_layers, cross=True),
+            **decoder.head_spec(cfg)}
 
 
 def init(key: jax.Array, cfg: Config, mesh=None) -> dict:
-    return P.init(key, spec(cfg), mesh)
+    return sharding.init(key, spec(cfg), mesh)
 
 
-def _embed(params, tokens, cfg, pos, key):
-    dt = jnp.dtype(cfg.dtype)
-    x = embed.apply(params["embed"], tokens, dt, scale=cfg.d_model**0.5 if cfg.embed_scale else None)
-    if cfg.pos_emb == "sinusoidal":
-        x = x + positions.sinusoidal(pos, cfg.d_model, dt)
-    else:
-        x = x + positions.learned(params["embed"], pos, dt)
-    return sharding.constrain(ffn.dropout(x, cfg.dropout, key), ("batch", "seq", "act_embed"))
-
-
-def _split(key, n):
-    return (None,) * n if key is None else tuple(jax.random.split(key, n))
-
-
-def encode(params: dict, src: jax.Array, cfg: Config, *, src_valid=None, key=None,
+def encode(params: dict, src: jax.Array, cfg: Config, *, src_valid=None, key=None, return_aux: bool = False,
            return_weights: bool = False, block_fn=blocks.apply):
-    """src [B, S] -> encoder output [B, S, D] (and aux with ``weights`` when asked).
+    """src [B, S] -> encoder output [B, S, D] (``(out, aux)`` with aux ``weights`` when asked).
     ``src_valid`` [B, S] marks real (non-pad) source tokens; None = all real."""
     embed.check_tokens(src, cfg.vocab_size, "source token ids")
     B, S = src.shape
-    if S > cfg.max_len:
-        raise ValueError(f"source length {S} exceeds max_len={cfg.max_len}: truncate the source to "
-                         f"{cfg.max_len} tokens (or build the model with a larger max_len).")
-    k_emb, k_layers = _split(key, 2)
+    decoder.check_length(S, cfg, "source")
+    k_emb, k_layers = (None, None) if key is None else jax.random.split(key)
     pos = jnp.broadcast_to(jnp.arange(S)[None], (B, S))
-    x = _embed(params, src, cfg, pos, k_emb)
-    mask = masks.make_mask(S, kv_valid=src_valid)
-    keys = None if key is None else jax.random.split(k_layers, cfg.n_layers)
-
-    def body(p, h, k):
-        h, aux = block_fn(p, h, cfg, mask=mask, key=k, return_weights=return_weights)
-        return h, aux.get("weights") if return_weights else {}
-
-    x, ws = stack.apply(body, params["encoder"]["layers"], x, keys, scan=cfg.scan_layers, remat=cfg.remat)
+    x = decoder.embed(params["embed"], src, cfg, pos, k_emb)
+    x, ys = decoder.run_layers(params["encoder"]["layers"], x, cfg, mask=masks.make_mask(S, kv_valid=src_valid),
+                               key=k_layers, return_weights=return_weights, block_fn=block_fn)
     if cfg.final_norm:
         x = norms.apply(params["encoder"]["final_norm"], x, cfg)
-    return (x, {"weights": ws}) if return_weights else x
+    if not (return_aux or return_weights):
+        return x
+    return x, {k: ys[k] for k in ("weights",) if k in ys}
 
 
 def init_cache(cfg: Config, batch: int, max_len: int, dtype=None) -> dict:
     """Zeroed decoder self-attention cache ``{"self": {"k","v": [L, B, S_max, G, K]}}``."""
-    dtype = dtype or cfg.dtype
-    shape = (cfg.dec_layers, batch, max_len, cfg.kv_heads, cfg.head_dim)
-    return {"self": {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}}
+    return decoder.init_cache(cfg, batch, max_len, dtype, n_layers=cfg.dec_layers)
 
 
 def cross_cache(params: dict, enc: jax.Array, cfg: Config) -> dict:
@@ -157,67 +124,27 @@ def cross_cache(params: dict, enc: jax.Array, cfg: Config) -> dict:
 
 
 def decode(params: dict, tgt: jax.Array, enc: jax.Array | None, cfg: Config, *, src_valid=None,
-           positions_=None, kv_valid=None, cache=None, cache_index=None, key=None,
-           return_aux: bool = False, return_weights: bool = False, block_fn=blocks.apply):
-    """Decoder: tgt [B, T] attending causally to itself and to ``enc`` [B, S, D] -> logits [B, T, V].
+           positions=None, kv_valid=None, cache=None, cache_index=None, layers=None, key=None,
+           return_aux: bool = False, return_weights: bool = False, return_hidden: bool = False,
+           block_fn=blocks.apply):
+    """Decoder: tgt [B, T] attending causally to itself and to ``enc`` [B, S, D] -> logits [B, T, V]
+    (:func:`jaxlm.models.decoder.decode` over the decoder stack; same keywords and return convention).
 
     Incremental decoding: ``cache`` = ``{"self": ..., "cross": cross_cache(...)}`` and ``cache_index``
-    (``enc`` may then be None). Returns logits, or (logits, aux) with the updated ``cache`` / weights.
+    (``enc`` may then be None).
     """
-    embed.check_tokens(tgt, cfg.vocab_size, "target token ids")
-    B, T = tgt.shape
-    k_emb, k_layers = _split(key, 2)
-    if cache is None:
-        if T > cfg.max_len:
-            raise ValueError(f"target length {T} exceeds max_len={cfg.max_len}: truncate the target to "
-                             f"{cfg.max_len} tokens (or build the model with a larger max_len).")
-        slots = jnp.broadcast_to(jnp.arange(T)[None], (B, T))
-        mask = masks.make_mask(T, causal=True, kv_valid=kv_valid)
-    else:
-        S_max = cache["self"]["k"].shape[2]
-        decoder_lm._check_cache_room(cache_index, T, S_max)
-        slots = jnp.broadcast_to((cache_index + jnp.arange(T))[None], (B, T))
-        mask = masks.make_mask(T, S_max, causal=True, q_positions=slots, kv_positions=jnp.arange(S_max)[None],
-                               kv_valid=kv_valid)
-    pos = slots if positions_ is None else positions_
-    x = _embed(params, tgt, cfg, pos, k_emb)
-    src_len = enc.shape[1] if enc is not None else cache["cross"]["k"].shape[2]
-    enc_mask = None if src_valid is None else masks.make_mask(T, src_len, kv_valid=src_valid)
-    keys = None if key is None else jax.random.split(k_layers, cfg.dec_layers)
-    layer_cache = None if cache is None else (cache["self"], cache["cross"])
-
-    def body(p, h, xs):
-        k, lc = xs
-        c = None if lc is None else {"self": lc[0], "cross": lc[1]}
-        h, aux = block_fn(p, h, cfg, mask=mask, enc=enc, enc_mask=enc_mask, cache=c, cache_index=cache_index,
-                          key=k, return_weights=return_weights)
-        out = {}
-        if c is not None:
-            out["cache"] = aux["cache"]["self"]
-        if return_weights:
-            out["weights"], out["cross_weights"] = aux["weights"], aux["cross_weights"]
-        return h, out
-
-    x, ys = stack.apply(body, params["decoder"]["layers"], x, (keys, layer_cache),
-                        scan=cfg.scan_layers, remat=cfg.remat)
-    if cfg.final_norm:
-        x = norms.apply(params["decoder"]["final_norm"], x, cfg)
-    logits = (embed.attend(params["embed"], x) if cfg.tie_embeddings
-              else embed.unembed(params["lm_head"], x)).astype(jnp.float32)
-    if not (return_aux or cache is not None):
-        return logits
-    aux = {}
-    if cache is not None:
-        aux["cache"] = {"self": ys["cache"], "cross": cache["cross"]}
-    if return_weights:
-        aux["weights"], aux["cross_weights"] = ys["weights"], ys["cross_weights"]
-    return logits, aux
+    src_len = enc.shape[1] if enc is not None else decoder.cache_slots({"self": cache["cross"]})
+    enc_mask = None if src_valid is None else masks.make_mask(tgt.shape[1], src_len, kv_valid=src_valid)
+    return decoder.decode(params, params["decoder"], tgt, cfg, enc=enc, enc_mask=enc_mask, positions=positions,
+                          kv_valid=kv_valid, cache=cache, cache_index=cache_index, layers=layers, key=key,
+                          return_aux=return_aux, return_weights=return_weights, return_hidden=return_hidden,
+                          block_fn=block_fn, role="target")
 
 
 def apply(params: dict, src: jax.Array, tgt: jax.Array, cfg: Config, *, src_valid=None, tgt_valid=None,
           key=None, block_fn=blocks.apply) -> jax.Array:
     """Teacher-forced forward pass: src [B, S], tgt (decoder input, shifted right) [B, T] -> logits [B, T, V]."""
-    k_enc, k_dec = _split(key, 2)
+    k_enc, k_dec = (None, None) if key is None else jax.random.split(key)
     enc = encode(params, src, cfg, src_valid=src_valid, key=k_enc, block_fn=block_fn)
     return decode(params, tgt, enc, cfg, src_valid=src_valid, kv_valid=tgt_valid, key=k_dec, block_fn=block_fn)
 

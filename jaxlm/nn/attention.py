@@ -9,36 +9,109 @@ A note on the formula: one of the articles this project follows writes attention
 so it is not a weighted average of the values. We implement the standard form of Vaswani et al. (2017),
 ``softmax(QK^T / sqrt(d_k)) V``, whose rows sum to one (notebooks/01_attention.py shows both numerically).
 
-Implementations (``cfg.attn_impl``), tested equal:
-- ``"reference"``: einsum + float32 softmax; supports attention-probability dropout and returning weights;
+Implementations (``AttentionConfig.impl``), tested equal:
+- ``"reference"``: einsum + float32 softmax (:func:`softmax_attention`); supports attention-probability
+  dropout and returning weights;
 - ``"xla"`` / ``"cudnn"``: :func:`jax.nn.dot_product_attention` with that backend (cudnn needs a GPU);
 - ``"flash"``: :func:`jaxlm.nn.flash.attention`, query-blocked with its own VJP that saves no T x S
   probabilities for the backward pass (recomputes them from the row log-sum-exp).
   These do not implement dropout on probabilities or return weights; when either is asked for, the
   reference path runs instead.
+
+Every function takes an :class:`AttentionConfig` (or any config with an ``attn_cfg`` property that returns
+one, such as a model Config), so the block can be built and tested on its own.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 
-from jaxlm.nn import flash, linear, positions
+from jaxlm.nn import flash, linear
+from jaxlm.nn import positions as pos_enc
 
 IMPLS = ("reference", "xla", "cudnn", "flash")
 _NEG = -1e30  # finite, so fully-masked rows give a uniform (not NaN) distribution
 
 
-def spec(cfg, *, cross: bool = False) -> dict:
-    """q: [D, H, K], k/v: [D, G, K], o: [H, K, D] (+ biases when ``cfg.use_bias``)."""
-    D, H, G, K = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
-    out_scale = (2 * cfg.n_layers) ** -0.5 if getattr(cfg, "scale_residual_init", False) else 1.0
+@dataclass(frozen=True, kw_only=True)
+class AttentionConfig:
+    """What attention reads: shapes, dtypes, initialisation, position scheme, dropout and kernel."""
+
+    d_model: int
+    n_heads: int
+    n_kv_heads: int | None = None  # None = n_heads
+    head_dim: int | None = None  # None = d_model // n_heads
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"
+    use_bias: bool = True
+    init: str = "normal"  # "normal" (init_std) or "xavier"
+    init_std: float = 0.02
+    out_scale: float = 1.0  # multiplies the output projection's init std (GPT-2: 1/sqrt(2 L))
+    pos_emb: str = "none"  # "rope" and "alibi" act inside attention; other schemes are added to embeddings
+    rope_theta: float = 10000.0
+    dropout: float = 0.0  # on attention probabilities
+    impl: str = "reference"
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def k_dim(self) -> int:
+        return self.d_model // self.n_heads if self.head_dim is None else self.head_dim
+
+
+def config(cfg) -> AttentionConfig:
+    """``cfg`` itself when it is an :class:`AttentionConfig`, else its ``attn_cfg``."""
+    return cfg if isinstance(cfg, AttentionConfig) else cfg.attn_cfg
+
+
+def spec(cfg) -> dict:
+    """q: [D, H, K], k/v: [D, G, K], o: [H, K, D] (+ biases when ``use_bias``)."""
+    c = config(cfg)
+    D, H, G, K = c.d_model, c.n_heads, c.kv_heads, c.k_dim
     return {
-        "q": linear.spec(cfg, (D,), (H, K), ("embed",), ("heads", "head_dim")),
-        "k": linear.spec(cfg, (D,), (G, K), ("embed",), ("kv_heads", "head_dim")),
-        "v": linear.spec(cfg, (D,), (G, K), ("embed",), ("kv_heads", "head_dim")),
-        "o": linear.spec(cfg, (H, K), (D,), ("heads", "head_dim"), ("embed",), scale=out_scale),
+        "q": linear.spec(c, (D,), (H, K), ("embed",), ("heads", "head_dim")),
+        "k": linear.spec(c, (D,), (G, K), ("embed",), ("kv_heads", "head_dim")),
+        "v": linear.spec(c, (D,), (G, K), ("embed",), ("kv_heads", "head_dim")),
+        "o": linear.spec(c, (H, K), (D,), ("heads", "head_dim"), ("embed",), scale=c.out_scale),
     }
+
+
+def softmax_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    scores_eq: str,
+    out_eq: str,
+    mask: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    dropout_rate: float = 0.0,
+    key: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """``softmax(q k / sqrt(K) + bias, masked) v`` for any head layout, named by two einsum equations.
+
+    ``scores_eq`` maps (q, k) to scores and ``out_eq`` maps (probabilities, v) to the output; ``mask``
+    (True = attend) and ``bias`` must broadcast to the scores. Scores and softmax are float32; the
+    probabilities are cast to q's dtype for the value product. Returns (output, float32 probabilities).
+    The grouped layout of :func:`dot_product_attention` and the KV-cache decode layout of
+    :mod:`jaxlm.generate.kv_decode` both run through here.
+    """
+    scores = jnp.einsum(scores_eq, q, k).astype(jnp.float32) * (q.shape[-1] ** -0.5)
+    if bias is not None:
+        scores = scores + bias.astype(jnp.float32)
+    if mask is not None:
+        scores = jnp.where(mask, scores, _NEG)
+    probs = jax.nn.softmax(scores, axis=-1)
+    p = probs.astype(q.dtype)
+    if dropout_rate > 0.0 and key is not None:
+        keep = jax.random.bernoulli(key, 1.0 - dropout_rate, p.shape)
+        p = jnp.where(keep, p / (1.0 - dropout_rate), 0).astype(q.dtype)
+    return jnp.einsum(out_eq, p, v), probs
 
 
 def dot_product_attention(
@@ -72,20 +145,12 @@ def dot_product_attention(
     if impl not in IMPLS:
         raise ValueError(f"unknown attention implementation {impl!r}; choose one of {IMPLS}.")
     h = H // G
-    qg = q.reshape(B, T, G, h, K)
-    logits = jnp.einsum("BTGhK,BSGK->BGhTS", qg, k).astype(jnp.float32) * (K**-0.5)
-    if bias is not None:
-        logits = logits + _group(bias.astype(jnp.float32), G, h)
-    if mask is not None:
-        logits = jnp.where(_group(mask, G, h), logits, _NEG)
-    probs = jax.nn.softmax(logits, axis=-1)  # [B, G, h, T, S]
-    weights = probs.reshape(probs.shape[0], H, T, S) if return_weights else None
-    probs = probs.astype(q.dtype)
-    if use_dropout:
-        keep = jax.random.bernoulli(key, 1.0 - dropout_rate, probs.shape)
-        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0).astype(q.dtype)
-    out = jnp.einsum("BGhTS,BSGK->BTGhK", probs, v).reshape(B, T, H, K)
-    return out, weights
+    out, probs = softmax_attention(
+        q.reshape(B, T, G, h, K), k, v, scores_eq="BTGhK,BSGK->BGhTS", out_eq="BGhTS,BSGK->BTGhK",
+        mask=None if mask is None else _group(mask, G, h), bias=None if bias is None else _group(bias, G, h),
+        dropout_rate=dropout_rate if use_dropout else 0.0, key=key)
+    weights = probs.reshape(B, H, T, S) if return_weights else None
+    return out.reshape(B, T, H, K), weights
 
 
 def _group(x: jax.Array, G: int, h: int) -> jax.Array:
@@ -96,14 +161,24 @@ def _group(x: jax.Array, G: int, h: int) -> jax.Array:
     return x.reshape(b, G, h, t, s)
 
 
-def project_kv(p: dict, x: jax.Array, cfg, positions_: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+def project_q(p: dict, x: jax.Array, cfg, positions: jax.Array | None = None) -> jax.Array:
+    """Queries for ``x`` [B, T, D] -> [B, T, H, K]; RoPE applied when ``pos_emb == "rope"``."""
+    c = config(cfg)
+    q = linear.apply(p["q"], x, "BTD,DHK->BTHK", jnp.dtype(c.dtype))
+    if c.pos_emb == "rope":
+        q = pos_enc.apply_rope(q, positions, c.rope_theta)
+    return q
+
+
+def project_kv(p: dict, x: jax.Array, cfg, positions: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Keys and values for ``x`` [B, S, D] -> ([B, S, G, K], [B, S, G, K]); RoPE applied to keys when
-    ``cfg.pos_emb == "rope"`` (``positions_`` [B, S])."""
-    dt = jnp.dtype(cfg.dtype)
+    ``pos_emb == "rope"`` and ``positions`` [B, S] are given (cross-attention keys get none)."""
+    c = config(cfg)
+    dt = jnp.dtype(c.dtype)
     k = linear.apply(p["k"], x, "BSD,DGK->BSGK", dt)
     v = linear.apply(p["v"], x, "BSD,DGK->BSGK", dt)
-    if cfg.pos_emb == "rope" and positions_ is not None:
-        k = positions.apply_rope(k, positions_, cfg.rope_theta)
+    if c.pos_emb == "rope" and positions is not None:
+        k = pos_enc.apply_rope(k, positions, c.rope_theta)
     return k, v
 
 
@@ -114,7 +189,7 @@ def apply(
     *,
     kv: jax.Array | None = None,
     mask: jax.Array | None = None,
-    positions_: jax.Array | None = None,
+    positions: jax.Array | None = None,
     kv_positions: jax.Array | None = None,
     cache: dict | None = None,
     cache_index: jax.Array | int | None = None,
@@ -124,30 +199,29 @@ def apply(
 ) -> tuple[jax.Array, dict]:
     """Attention of ``x`` [B, T, D] over itself (self) or over ``kv`` [B, S, D] (cross).
 
-    ``positions_`` [B, T] feed RoPE/ALiBi (``kv_positions`` [B, S] for the keys; default = the same).
+    ``positions`` [B, T] feed RoPE/ALiBi (``kv_positions`` [B, S] for the keys; default = the same).
     KV cache: with ``cache={"k","v": [B, S_max, G, K]}`` and an integer ``cache_index``, this step's keys and
     values are written at ``[cache_index, cache_index + T)`` and attention runs over the whole cache
     (``mask`` must then cover S_max). With ``cache`` and ``cache_index=None`` the cache is used as
     precomputed keys/values (cross-attention during decoding). Returns (out [B, T, D], aux) where aux has
     ``"cache"`` when a cache was given and ``"weights"`` [B, H, T, S] when asked.
     """
-    dt = jnp.dtype(cfg.dtype)
+    c = config(cfg)
+    dt = jnp.dtype(c.dtype)
     B, T, _ = x.shape
-    q = linear.apply(p["q"], x, "BTD,DHK->BTHK", dt)
-    if positions_ is None and cfg.pos_emb in ("rope", "alibi"):
-        positions_ = jnp.broadcast_to(jnp.arange(T)[None], (B, T))
-    if cfg.pos_emb == "rope":
-        q = positions.apply_rope(q, positions_, cfg.rope_theta)
+    if positions is None and c.pos_emb in ("rope", "alibi"):
+        positions = jnp.broadcast_to(jnp.arange(T)[None], (B, T))
+    q = project_q(p, x, c, positions)
     aux: dict = {}
     if cache is not None and cache_index is None:
         k, v = cache["k"], cache["v"]
         aux["cache"] = cache
     else:
         src = x if kv is None else kv
-        kvpos = positions_ if (kv is None and kv_positions is None) else kv_positions
-        if kvpos is None and cfg.pos_emb in ("rope", "alibi"):
+        kvpos = positions if (kv is None and kv_positions is None) else kv_positions
+        if kvpos is None and c.pos_emb in ("rope", "alibi"):
             kvpos = jnp.broadcast_to(jnp.arange(src.shape[1])[None], src.shape[:2])
-        k, v = project_kv(p, src, cfg, kvpos if kv is None else None)
+        k, v = project_kv(p, src, c, kvpos if kv is None else None)
         if cache is not None:
             k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), cache_index, axis=1)
@@ -155,21 +229,21 @@ def apply(
             k, v = k.astype(dt), v.astype(dt)
     bias = None
     # ALiBi is a self-attention bias; a precomputed cache with no cache_index is cross-attention: no bias
-    if cfg.pos_emb == "alibi" and kv is None and not (cache is not None and cache_index is None):
+    if c.pos_emb == "alibi" and kv is None and not (cache is not None and cache_index is None):
         if kv_positions is not None:
             kp = kv_positions
         elif cache is None:
-            kp = positions_
+            kp = positions
         else:
             # distances must be between positions, not cache slots: with left padding a row's slots run
             # ahead of its positions by its pad length. The step's last token is a real one (padding is on
             # the left), so slot s holds position s - (its slot - its position).
-            offset = cache_index + T - 1 - positions_[:, -1:]  # [B, 1]
+            offset = cache_index + T - 1 - positions[:, -1:]  # [B, 1]
             kp = jnp.arange(k.shape[1])[None] - offset  # [B, S]
-        bias = positions.alibi_bias(cfg.n_heads, positions_, kp)
-    rate = cfg.attn_dropout if key is not None else 0.0
+        bias = pos_enc.alibi_bias(c.n_heads, positions, kp)
+    rate = c.dropout if key is not None else 0.0
     out, w = dot_product_attention(
-        q, k, v, mask=mask, bias=bias, impl=impl or cfg.attn_impl, dropout_rate=rate, key=key,
+        q, k, v, mask=mask, bias=bias, impl=impl or c.impl, dropout_rate=rate, key=key,
         return_weights=return_weights,
     )
     if return_weights:

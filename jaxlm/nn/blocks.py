@@ -4,12 +4,15 @@ Post-norm (Vaswani et al.): ``x = Norm(x + Dropout(Sublayer(x)))``.
 Pre-norm (GPT-2, LLaMA):    ``x = x + Dropout(Sublayer(Norm(x)))``.
 
 The sub-layer functions are arguments (``attn_fn``, ``ffn_fn``, ``norm_fn``), so a user composes a
-different block by passing different functions with the same signatures.
+different block by passing different functions with the same signatures; each receives its own narrow
+config (:class:`~jaxlm.nn.attention.AttentionConfig`, :class:`~jaxlm.nn.ffn.FFNConfig`,
+:class:`~jaxlm.nn.norms.NormConfig`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import jax
 
@@ -17,14 +20,31 @@ from jaxlm import sharding
 from jaxlm.nn import attention, ffn, norms
 
 
+@dataclass(frozen=True, kw_only=True)
+class BlockConfig:
+    """A block's sub-layer configs, where its norms sit, and the residual dropout rate."""
+
+    attn: attention.AttentionConfig
+    ffn: ffn.FFNConfig
+    norm: norms.NormConfig
+    norm_position: str = "pre"  # "pre" or "post"
+    dropout: float = 0.0  # on each sub-layer's output before the residual sum
+
+
+def config(cfg) -> BlockConfig:
+    """``cfg`` itself when it is a :class:`BlockConfig`, else its ``block_cfg``."""
+    return cfg if isinstance(cfg, BlockConfig) else cfg.block_cfg
+
+
 def spec(cfg, *, cross: bool = False) -> dict:
     """``norm1, attn, [norm_cross, cross], norm2, mlp``."""
-    p = {"norm1": norms.spec(cfg), "attn": attention.spec(cfg)}
+    c = config(cfg)
+    p = {"norm1": norms.spec(c.norm), "attn": attention.spec(c.attn)}
     if cross:
-        p["norm_cross"] = norms.spec(cfg)
-        p["cross"] = attention.spec(cfg, cross=True)
-    p["norm2"] = norms.spec(cfg)
-    p["mlp"] = ffn.spec(cfg)
+        p["norm_cross"] = norms.spec(c.norm)
+        p["cross"] = attention.spec(c.attn)
+    p["norm2"] = norms.spec(c.norm)
+    p["mlp"] = ffn.spec(c.ffn)
     return p
 
 
@@ -38,7 +58,7 @@ def apply(
     cfg,
     *,
     mask: jax.Array | None = None,
-    positions_: jax.Array | None = None,
+    positions: jax.Array | None = None,
     enc: jax.Array | None = None,
     enc_mask: jax.Array | None = None,
     cache: dict | None = None,
@@ -56,41 +76,42 @@ def apply(
     aux carries the updated ``"cache"`` and, when asked, ``"weights"`` / ``"cross_weights"``.
     ``key`` (None = deterministic) drives attention, residual and FFN dropout.
     """
+    c = config(cfg)
     k_attn, k_res1, k_x, k_res2, k_ffn, k_res3 = _keys(key, 6)
-    pre = cfg.norm_position == "pre"
-    rate = cfg.dropout
+    pre = c.norm_position == "pre"
+    rate = c.dropout
     aux: dict = {}
     new_cache: dict = {}
 
-    h = norm_fn(p["norm1"], x, cfg) if pre else x
-    a, a_aux = attn_fn(p["attn"], h, cfg, mask=mask, positions_=positions_,
+    h = norm_fn(p["norm1"], x, c.norm) if pre else x
+    a, a_aux = attn_fn(p["attn"], h, c.attn, mask=mask, positions=positions,
                        cache=None if cache is None else cache["self"], cache_index=cache_index,
                        key=k_attn, return_weights=return_weights)
     x = x + ffn.dropout(a, rate, k_res1)
     if not pre:
-        x = norm_fn(p["norm1"], x, cfg)
+        x = norm_fn(p["norm1"], x, c.norm)
     if "cache" in a_aux:
         new_cache["self"] = a_aux["cache"]
     if return_weights:
         aux["weights"] = a_aux["weights"]
 
     if "cross" in p and (enc is not None or (cache is not None and "cross" in cache)):
-        h = norm_fn(p["norm_cross"], x, cfg) if pre else x
-        c, c_aux = attn_fn(p["cross"], h, cfg, kv=enc, mask=enc_mask,
+        h = norm_fn(p["norm_cross"], x, c.norm) if pre else x
+        y, c_aux = attn_fn(p["cross"], h, c.attn, kv=enc, mask=enc_mask,
                            cache=None if cache is None else cache.get("cross"), cache_index=None,
                            key=k_x, return_weights=return_weights)
-        x = x + ffn.dropout(c, rate, k_res2)
+        x = x + ffn.dropout(y, rate, k_res2)
         if not pre:
-            x = norm_fn(p["norm_cross"], x, cfg)
+            x = norm_fn(p["norm_cross"], x, c.norm)
         if "cache" in c_aux:
             new_cache["cross"] = c_aux["cache"]
         if return_weights:
             aux["cross_weights"] = c_aux["weights"]
 
-    h = norm_fn(p["norm2"], x, cfg) if pre else x
-    x = x + ffn.dropout(ffn_fn(p["mlp"], h, cfg, key=k_ffn), rate, k_res3)
+    h = norm_fn(p["norm2"], x, c.norm) if pre else x
+    x = x + ffn.dropout(ffn_fn(p["mlp"], h, c.ffn, key=k_ffn), rate, k_res3)
     if not pre:
-        x = norm_fn(p["norm2"], x, cfg)
+        x = norm_fn(p["norm2"], x, c.norm)
     if cache is not None:
         aux["cache"] = new_cache
     x = sharding.constrain(x, ("batch", "seq", "act_embed"))

@@ -12,18 +12,17 @@ from jaxlm.params import Param, normal, zeros
 TOKENS_AXES = ("vocab", "embed")  # logical axes of the [V, D] table (spec and lookup)
 
 
-def spec(cfg) -> dict:
-    """``{"tokens": [V, D]}``."""
-    std = cfg.init_std if getattr(cfg, "init", "normal") == "normal" else cfg.d_model**-0.5
-    return {"tokens": Param((cfg.vocab_size, cfg.d_model), TOKENS_AXES, normal(std), jnp.dtype(cfg.param_dtype))}
+def spec(vocab_size: int, d_model: int, *, std: float = 0.02, dtype="float32") -> dict:
+    """``{"tokens": [V, D]}`` drawn from normal(std)."""
+    return {"tokens": Param((vocab_size, d_model), TOKENS_AXES, normal(std), jnp.dtype(dtype))}
 
 
-def unembed_spec(cfg, bias: bool = False) -> dict:
+def unembed_spec(d_model: int, vocab_size: int, *, std: float = 0.02, dtype="float32", bias: bool = False) -> dict:
     """Untied output projection ``{"w": [D, V]}`` (+ ``{"b": [V]}``)."""
-    dt = jnp.dtype(cfg.param_dtype)
-    p = {"w": Param((cfg.d_model, cfg.vocab_size), ("embed", "vocab"), normal(cfg.init_std), dt)}
+    dt = jnp.dtype(dtype)
+    p = {"w": Param((d_model, vocab_size), ("embed", "vocab"), normal(std), dt)}
     if bias:
-        p["b"] = Param((cfg.vocab_size,), ("vocab",), zeros, dt)
+        p["b"] = Param((vocab_size,), ("vocab",), zeros, dt)
     return p
 
 

@@ -12,8 +12,11 @@ from jaxlm.params import Param, normal, xavier_uniform, zeros
 
 
 def kernel_init(cfg, in_dims: int, shape: Sequence[int], scale: float = 1.0):
-    """The family's kernel initialiser: ``normal(cfg.init_std * scale)`` or Xavier-uniform."""
-    if getattr(cfg, "init", "normal") == "xavier":
+    """The kernel initialiser ``cfg.init`` names: ``normal(cfg.init_std * scale)`` or Xavier-uniform.
+
+    ``cfg`` here and in :func:`spec` is any config with ``param_dtype``, ``init``, ``init_std`` and
+    ``use_bias`` (the attention and feed-forward configs, or a model Config)."""
+    if cfg.init == "xavier":
         return xavier_uniform(tuple(range(in_dims)), tuple(range(in_dims, len(shape))))
     return normal(cfg.init_std * scale)
 

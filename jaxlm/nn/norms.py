@@ -1,6 +1,10 @@
-"""LayerNorm (with or without bias) and RMSNorm; statistics computed in float32."""
+"""LayerNorm (with or without bias) and RMSNorm; statistics computed in float32.
+
+Functions take a :class:`NormConfig` (or any config whose ``norm_cfg`` property returns one)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -10,12 +14,28 @@ from jaxlm.params import Param, ones, zeros
 NORMS = ("layernorm", "layernorm_nobias", "rmsnorm")
 
 
+@dataclass(frozen=True, kw_only=True)
+class NormConfig:
+    """What a norm reads: which one (:data:`NORMS`), its width, epsilon and parameter dtype."""
+
+    kind: str = "layernorm"
+    dim: int
+    eps: float = 1e-5
+    param_dtype: str = "float32"
+
+
+def config(cfg) -> NormConfig:
+    """``cfg`` itself when it is a :class:`NormConfig`, else its ``norm_cfg``."""
+    return cfg if isinstance(cfg, NormConfig) else cfg.norm_cfg
+
+
 def spec(cfg, dim: int | None = None) -> dict:
-    """``{"scale": [D]}`` plus ``{"bias": [D]}`` for ``cfg.norm == "layernorm"``."""
-    d = dim or cfg.d_model
-    dt = jnp.dtype(cfg.param_dtype)
+    """``{"scale": [D]}`` plus ``{"bias": [D]}`` for ``kind == "layernorm"`` (D = ``dim`` or the config's)."""
+    c = config(cfg)
+    d = dim or c.dim
+    dt = jnp.dtype(c.param_dtype)
     p = {"scale": Param((d,), ("embed",), ones, dt)}
-    if cfg.norm == "layernorm":
+    if c.kind == "layernorm":
         p["bias"] = Param((d,), ("embed",), zeros, dt)
     return p
 
@@ -39,7 +59,8 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
 
 
 def apply(p: dict, x: jax.Array, cfg) -> jax.Array:
-    """Normalise ``x`` [..., D] with ``cfg.norm`` and ``cfg.norm_eps``."""
-    if cfg.norm == "rmsnorm":
-        return rms_norm(x, p["scale"], cfg.norm_eps)
-    return layer_norm(x, p["scale"], p.get("bias"), cfg.norm_eps)
+    """Normalise ``x`` [..., D] with the configured norm and epsilon."""
+    c = config(cfg)
+    if c.kind == "rmsnorm":
+        return rms_norm(x, p["scale"], c.eps)
+    return layer_norm(x, p["scale"], p.get("bias"), c.eps)

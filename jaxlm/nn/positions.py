@@ -27,9 +27,9 @@ def sinusoidal(positions: jax.Array, d_model: int, dtype=jnp.float32) -> jax.Arr
     return pe.astype(dtype)
 
 
-def learned_spec(cfg) -> dict:
-    """``{"positions": [max_len, D]}``."""
-    return {"positions": Param((cfg.max_len, cfg.d_model), POSITIONS_AXES, normal(cfg.init_std), jnp.dtype(cfg.param_dtype))}
+def learned_spec(max_len: int, d_model: int, *, std: float = 0.02, dtype="float32") -> dict:
+    """``{"positions": [max_len, D]}`` drawn from normal(std)."""
+    return {"positions": Param((max_len, d_model), POSITIONS_AXES, normal(std), jnp.dtype(dtype))}
 
 
 def learned(p: dict, positions: jax.Array, dtype=jnp.float32) -> jax.Array:

@@ -1,5 +1,6 @@
 """A stack of identical layers stored with a leading ``layers`` axis, run by ``lax.scan`` (default) or by a
-plain Python loop over the same tree (for notebooks and debugging; tested equal)."""
+plain Python loop over the same tree (for notebooks and debugging; tested equal), or over a list of
+per-layer trees (the KV-cache decode loop, which splits the stack once, outside its token loop)."""
 
 from __future__ import annotations
 
@@ -30,17 +31,19 @@ def layer(params: dict, i: int) -> dict:
 
 def apply(
     block_fn: Callable,
-    params: dict,
+    params: dict | list,
     x: jax.Array,
     xs: Any = None,
     *,
     scan: bool = True,
     remat: str = "none",
 ) -> tuple[jax.Array, Any]:
-    """Run ``block_fn(layer_params, x, layer_xs) -> (x, layer_ys)`` over the stacked layers.
+    """Run ``block_fn(layer_params, x, layer_xs) -> (x, layer_ys)`` over the layers.
 
-    ``xs`` is a pytree with a leading layers axis (per-layer caches, dropout keys) or None. Returns
-    (x, ys) with ys stacked along a leading layers axis. ``remat`` picks a policy from
+    ``params`` is a stacked tree (leading layers axis) and ``xs`` a pytree with a leading layers axis
+    (per-layer caches, dropout keys) or None; returns (x, ys) with ys stacked along a leading layers axis.
+    ``params`` may instead be a list of per-layer trees, with ``xs`` a list of per-layer inputs (or None):
+    the layers then run in a Python loop and ys is a list. ``remat`` picks a policy from
     :data:`REMAT_POLICIES`.
     """
     if remat not in REMAT_POLICIES:
@@ -48,6 +51,12 @@ def apply(
     fn = block_fn
     if remat != "none":
         fn = jax.checkpoint(block_fn, policy=REMAT_POLICIES[remat], prevent_cse=not scan)
+    if isinstance(params, list):
+        ys = []
+        for i, p in enumerate(params):
+            x, y = fn(p, x, None if xs is None else xs[i])
+            ys.append(y)
+        return x, ys
     if scan:
         def body(carry, inp):
             p, layer_xs = inp

@@ -177,7 +177,7 @@ def test_kv_cache_step_by_step_equals_full_self_attention():
     for t in range(T):
         slots = jnp.full((B, 1), t)
         m = masks.make_mask(1, S, causal=True, q_positions=slots, kv_positions=jnp.arange(S)[None])
-        y, aux = attention.apply(p, x[:, t:t + 1], cfg, mask=m, positions_=slots, cache=cache, cache_index=t)
+        y, aux = attention.apply(p, x[:, t:t + 1], cfg, mask=m, positions=slots, cache=cache, cache_index=t)
         cache = aux["cache"]
         outs.append(y)
     np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-5)

@@ -28,7 +28,7 @@ def test_sinusoidal_matches_the_paper_formula():
 
 def test_learned_positions_are_a_table_lookup():
     cfg = gpt2.Config(vocab_size=16, max_len=8, d_model=4, n_heads=2, n_layers=1, d_ff=8)
-    p = init(jax.random.key(0), positions.learned_spec(cfg))
+    p = init(jax.random.key(0), positions.learned_spec(cfg.max_len, cfg.d_model))
     pos = jnp.array([[3, 0, 7]])
     np.testing.assert_array_equal(positions.learned(p, pos)[0], np.asarray(p["positions"])[[3, 0, 7]])
 
