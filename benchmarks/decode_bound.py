@@ -47,7 +47,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxlm import sharding  # noqa: E402
-from jaxlm.generate import generate  # noqa: E402
+from jaxlm.generate import generate, kv_decode  # noqa: E402
 from jaxlm.models import gpt2  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -111,10 +111,16 @@ def main(argv=None) -> int:
     }
     prompt = np.random.default_rng(0).integers(1, CFG.vocab_size, (1, PROMPT)).tolist()
 
+    with_layers = {}
+    for p, cfg, m in variants.values():  # the per-layer weight copy, made once per variant
+        with sharding.use_mesh(m):
+            with_layers[id(p)] = kv_decode.split_layers(p, cfg)
+
     def run(p, cfg, m, logits: bool = False):
         t = time.perf_counter()
         with sharding.use_mesh(m):
-            out = generate(p, cfg, prompt, max_new_tokens=NEW, greedy=True, return_logits=logits)
+            out = generate(p, cfg, prompt, max_new_tokens=NEW, greedy=True, return_logits=logits,
+                           layers=with_layers[id(p)])
         return time.perf_counter() - t, out
 
     checks = {k: run(*v, logits=True)[1] for k, v in variants.items()}

@@ -56,16 +56,6 @@ def mlm_mask(key: jax.Array, tokens: jax.Array, maskable: jax.Array, *, mask_id:
     return out, selected
 
 
-def mlm_loss(logits: jax.Array, tokens: jax.Array, selected: jax.Array, **kw) -> dict[str, jax.Array]:
-    """Masked-LM loss: cross-entropy on the ``selected`` positions only (``logits`` [B, T, V])."""
-    return cross_entropy(logits, tokens, selected.astype(jnp.float32), **kw)
-
-
-def classification_loss(logits: jax.Array, labels: jax.Array, **kw) -> dict[str, jax.Array]:
-    """Sequence classification: ``logits`` [B, C], ``labels`` [B] -> the sums of :func:`cross_entropy`."""
-    return cross_entropy(logits, labels, None, **kw)
-
-
 def span_loss(start_logits: jax.Array, end_logits: jax.Array, start: jax.Array, end: jax.Array,
               valid: jax.Array | None = None, weights: jax.Array | None = None) -> dict[str, jax.Array]:
     """Extractive QA (BERT §4.2): the mean of start- and end-position cross-entropies over the tokens.

@@ -49,8 +49,8 @@ def rouge(hypotheses: Sequence[str], references: Sequence[str],
 
 
 # Peak dense FLOP/s per device used for the MFU estimate when train.peak_flops is not set. The CPU figure
-# is the f32 matmul peak measured on the 2-core development machine (DESIGN.md §7): on CPU the MFU is an
-# estimate only. Accelerator figures are the vendors' dense bf16 peaks.
+# is an f32 matmul peak of a 2-core development VM (benchmarks/RESULTS.md): CPUs vary, so on CPU the MFU is
+# an estimate only. Accelerator figures are the vendors' dense bf16 peaks.
 PEAK_FLOPS = {"cpu": 4.3e11, "h100": 989e12, "h200": 989e12, "a100": 312e12, "v100": 125e12, "l4": 121e12,
               "tpu v4": 275e12, "tpu v5 lite": 197e12, "tpu v5e": 197e12, "tpu v5p": 459e12, "tpu v6": 918e12}
 

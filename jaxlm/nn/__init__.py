@@ -1,4 +1,6 @@
-"""Building blocks. Each is a ``spec(cfg)`` declaring its parameters and a pure ``apply(p, x, cfg, ...)``.
+"""Building blocks. Each is a ``spec(cfg)`` declaring its parameters and a pure ``apply(p, x, cfg, ...)``,
+where ``cfg`` is the block's own narrow config (:class:`attention.AttentionConfig`, :class:`ffn.FFNConfig`,
+:class:`norms.NormConfig`, :class:`blocks.BlockConfig`) or a model Config that provides it.
 
 Axis glossary (used in shape comments and einsum strings, as in gemma):
 
@@ -16,7 +18,7 @@ L     layers (``layers``)
 ====  ==============================================
 
 Logical parameter axes: ``vocab, embed, mlp, heads, kv_heads, head_dim, layers``; activations add
-``batch, seq, kv_seq`` (see :mod:`jaxlm.sharding` for how they map onto a mesh).
+``batch, seq, act_embed`` (see :mod:`jaxlm.sharding` for how they map onto a mesh).
 """
 
 from jaxlm.nn import attention, blocks, embed, ffn, linear, masks, norms, positions, stack

@@ -41,8 +41,3 @@ def make_mask(
     if kv_valid is not None:
         mask = _and(mask, kv_valid.astype(bool)[:, None, None, :])
     return mask
-
-
-def padding_mask(tokens: jax.Array, pad_id: int) -> jax.Array:
-    """[B, S] True where ``tokens != pad_id``."""
-    return tokens != pad_id
