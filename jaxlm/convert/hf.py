@@ -118,7 +118,9 @@ def config_to_hf(family: ModuleType, cfg: Any, base: dict | None = None) -> dict
         base = {}
     for k in (*_STALE, *m.drop):
         base.pop(k, None)
-    problems = [f"{k}={getattr(cfg, k)!r} ({m.name} has {v!r})" for k, v in m.fixed.items() if getattr(cfg, k) != v]
+    first = next(iter(m.model_types))
+    problems = [f"{k}={getattr(cfg, k)!r} (Hugging Face {first!r} models have {v!r})"
+                for k, v in m.fixed.items() if getattr(cfg, k) != v]
     problems += [p for check in m.export_checks if (p := check(cfg))]
     out: dict[str, Any] = {}
     for f in m.fields:
@@ -137,7 +139,7 @@ def config_to_hf(family: ModuleType, cfg: Any, base: dict | None = None) -> dict
     if problems:
         raise UnsupportedModelError(f"{type(cfg).__module__}.Config cannot be written as a Hugging Face "
                                     f"checkpoint: {'; '.join(problems)}.")
-    mt = base.get("model_type") or next(iter(m.model_types))
+    mt = base.get("model_type") or first
     out = {"model_type": mt, "architectures": [m.architectures[mt]], **m.constants, **out}
     if base.get("pad_token_id") is None:
         out["pad_token_id"] = cfg.pad_id

@@ -176,11 +176,6 @@ class HFMapping:
             raise TypeError(f"HFMapping.rules {bad[:3]}: a rule is (jaxlm path, HF name, op) with op 'copy', 'vec', "
                             f"'linear<n>' or 'conv<n>'.")
 
-    @property
-    def name(self) -> str:
-        """The display name of the first model_type (e.g. "GPT-2"), for messages."""
-        return next(iter(self.model_types.values()))
-
     def head_prefixes(self) -> tuple[str, ...]:
         """Top-level name prefixes outside the backbone (``"lm_head."``): the first component of each rule
         name that does not start with ``prefix``."""
