@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jaxlm import params as P
 from jaxlm import sharding
 from jaxlm.config import ConfigError, check_choice
-from jaxlm.models import decoder
+from jaxlm.models import decoder, hfmap
 from jaxlm.models.base import ModelConfig, Preset
 from jaxlm.nn import blocks, embed, ffn, linear, masks, norms, stack
 from jaxlm.params import Param, zeros
@@ -173,4 +173,105 @@ def apply(params: dict, tokens: jax.Array, cfg: Config, *, token_types=None, val
 
 # ------------------------------------------------------------------------------------------------------------
 # Hugging Face mapping
-HF = None
+_CLASSES = {"mlm": "BertForMaskedLM", "classifier": "BertForSequenceClassification",
+            "span": "BertForQuestionAnswering"}  # the transformers class of each head
+
+
+def _architecture(cfg: Config) -> str:
+    """The transformers class holding ``cfg``: the one of its head, or the bare BertModel."""
+    return next((cls for head, cls in _CLASSES.items() if head in cfg.heads), "BertModel")
+
+
+def _read_config(hc: dict, names: set[str]) -> dict:
+    """Heads and pooler from the checkpoint's tensor names (config.json does not say them); without names
+    (a config alone) a bare BertModel with its pooler."""
+    heads = [h for h, there in (("mlm", any(n.startswith("cls.predictions.") for n in names)),
+                                ("classifier", "classifier.weight" in names),
+                                ("span", "qa_outputs.weight" in names)) if there]
+    return {"heads": tuple(heads), "pooler": not names or "bert.pooler.dense.weight" in names}
+
+
+def _one_head(cfg: Config) -> str | None:
+    return None if len(cfg.heads) <= 1 else f"several heads {cfg.heads} (a transformers model class has one)"
+
+
+def _pooler_as_class(cfg: Config) -> str | None:
+    arch = _architecture(cfg)
+    if cfg.pooler or arch in ("BertForMaskedLM", "BertForQuestionAnswering"):
+        return None
+    return f"{arch} has a pooler but pooler=False"
+
+
+def _write_config(cfg: Config, hc: dict) -> dict:
+    hc["architectures"] = [_architecture(cfg)]
+    if "classifier" in cfg.heads:  # transformers reads num_labels from the label maps
+        hc.pop("num_labels", None)
+        hc["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.num_labels)}
+        hc["label2id"] = {f"LABEL_{i}": i for i in range(cfg.num_labels)}
+    return hc
+
+
+_E, _L, _C = "bert.embeddings.", "bert.encoder.layer.{i}.", "cls.predictions."
+_QKV = (("q", "query"), ("k", "key"), ("v", "value"))
+HF = hfmap.HFMapping(
+    model_types={"bert": "BERT (incl. sentence-transformers)"},
+    architectures={"bert": "BertModel"},  # write_config picks the class of the head
+    fields=(
+        hfmap.Field("vocab_size", "vocab_size"),
+        hfmap.Field("max_position_embeddings", "max_len"),
+        hfmap.Field("hidden_size", "d_model"),
+        hfmap.Field("num_attention_heads", "n_heads"),
+        hfmap.Field("num_hidden_layers", "n_layers"),
+        hfmap.Field("intermediate_size", "d_ff"),
+        hfmap.Field("hidden_act", "activation", "gelu", values=hfmap.ACTIVATIONS),
+        hfmap.Field("layer_norm_eps", "norm_eps", 1e-12),
+        hfmap.Field("hidden_dropout_prob", "dropout", 0.1),
+        hfmap.Field("attention_probs_dropout_prob", "attn_dropout", 0.1),
+        hfmap.Field("type_vocab_size", "type_vocab_size", 2),
+        hfmap.Field("classifier_dropout", "classifier_dropout", None),
+        hfmap.Field("num_labels", "num_labels", None, export=False,
+                    read=lambda n, hc: n or len(hc.get("id2label") or {}) or 2),
+    ),
+    fixed={"norm_position": "post", "embed_scale": False, "pos_emb": "learned", "norm": "layernorm",
+           "use_bias": True},
+    constants={"position_embedding_type": "absolute"},
+    checks=(hfmap.only("position_embedding_type", ("absolute",), "absolute",
+                       "BERT position_embedding_type={value!r} (only 'absolute')"),
+            *(hfmap.only(k, (False, None), False, "BERT as a decoder (is_decoder / add_cross_attention)")
+              for k in ("is_decoder", "add_cross_attention"))),
+    export_checks=(hfmap.plain_attention, _one_head, _pooler_as_class),
+    read_config=_read_config,
+    write_config=_write_config,
+    prefix="bert.",
+    rules=(
+        ("embed/tokens", _E + "word_embeddings.weight", "copy"),
+        ("embed/positions", _E + "position_embeddings.weight", "copy"),
+        ("embed/token_types", _E + "token_type_embeddings.weight", "copy"),
+        ("embed_norm/scale", _E + "LayerNorm.weight", "copy"), ("embed_norm/bias", _E + "LayerNorm.bias", "copy"),
+        *((f"layers/attn/{x}/w", _L + f"attention.self.{hf}.weight", "linear1") for x, hf in _QKV),
+        *((f"layers/attn/{x}/b", _L + f"attention.self.{hf}.bias", "vec") for x, hf in _QKV),
+        ("layers/attn/o/w", _L + "attention.output.dense.weight", "linear2"),
+        ("layers/attn/o/b", _L + "attention.output.dense.bias", "copy"),
+        ("layers/norm1/scale", _L + "attention.output.LayerNorm.weight", "copy"),
+        ("layers/norm1/bias", _L + "attention.output.LayerNorm.bias", "copy"),
+        ("layers/mlp/wi/w", _L + "intermediate.dense.weight", "linear1"),
+        ("layers/mlp/wi/b", _L + "intermediate.dense.bias", "copy"),
+        ("layers/mlp/wo/w", _L + "output.dense.weight", "linear1"), ("layers/mlp/wo/b", _L + "output.dense.bias", "copy"),
+        ("layers/norm2/scale", _L + "output.LayerNorm.weight", "copy"),
+        ("layers/norm2/bias", _L + "output.LayerNorm.bias", "copy"),
+        ("pooler/w", "bert.pooler.dense.weight", "linear1"), ("pooler/b", "bert.pooler.dense.bias", "copy"),
+        ("mlm/transform/w", _C + "transform.dense.weight", "linear1"),
+        ("mlm/transform/b", _C + "transform.dense.bias", "copy"),
+        ("mlm/norm/scale", _C + "transform.LayerNorm.weight", "copy"),
+        ("mlm/norm/bias", _C + "transform.LayerNorm.bias", "copy"),
+        ("mlm/bias", _C + "bias", "copy"),
+        ("classifier/w", "classifier.weight", "linear1"), ("classifier/b", "classifier.bias", "copy"),
+        ("span/w", "qa_outputs.weight", "linear1"), ("span/b", "qa_outputs.bias", "copy"),
+    ),
+    # TF-era names; the MLM output bias is saved under either name
+    renames={"LayerNorm.gamma": "LayerNorm.weight", "LayerNorm.beta": "LayerNorm.bias",
+             "cls.predictions.decoder.bias": "cls.predictions.bias"},
+    # buffers, the decoder tied to the embedding, and the next-sentence head jaxlm does not have
+    ignored=("position_ids", "cls.predictions.decoder.", "cls.seq_relationship."),
+    bare=("BertModel",),
+)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from jaxlm.models import decoder
+from jaxlm.models import decoder, hfmap
 from jaxlm.models.base import ModelConfig, Preset
 
 
@@ -52,4 +52,45 @@ init_cache = decoder.init_cache
 
 # ------------------------------------------------------------------------------------------------------------
 # Hugging Face mapping
-HF = None
+_L = "transformer.h.{i}."
+HF = hfmap.HFMapping(
+    model_types={"gpt2": "GPT-2"},
+    architectures={"gpt2": "GPT2LMHeadModel"},
+    fields=(
+        hfmap.Field("vocab_size", "vocab_size"),
+        hfmap.Field("n_positions", "max_len"),
+        hfmap.Field("n_embd", "d_model"),
+        hfmap.Field("n_head", "n_heads"),
+        hfmap.Field("n_layer", "n_layers"),
+        hfmap.Field("n_inner", "d_ff", None, read=lambda v, hc: v or 4 * hc["n_embd"]),  # null = 4 * n_embd
+        hfmap.Field("activation_function", "activation", "gelu", values=hfmap.ACTIVATIONS),
+        hfmap.Field("layer_norm_epsilon", "norm_eps", 1e-5),
+        hfmap.Field("resid_pdrop", "dropout", 0.1),
+        hfmap.Field("embd_pdrop", write=lambda cfg: cfg.dropout),
+        hfmap.Field("attn_pdrop", "attn_dropout", 0.1),
+        hfmap.Field("tie_word_embeddings", "tie_embeddings", True),
+    ),
+    fixed={"norm_position": "pre", "embed_scale": False, "pos_emb": "learned", "norm": "layernorm",
+           "use_bias": True, "final_norm": True},
+    checks=tuple(hfmap.only(k, (ok,), ok, "GPT-2 option {key}={value} changes the architecture")
+                 for k, ok in (("scale_attn_by_inverse_layer_idx", False), ("add_cross_attention", False),
+                               ("scale_attn_weights", True))),
+    export_checks=(hfmap.plain_attention, hfmap.default_head_dim),
+    prefix="transformer.",
+    rules=(
+        ("embed/tokens", "transformer.wte.weight", "copy"),
+        ("embed/positions", "transformer.wpe.weight", "copy"),
+        ("layers/norm1/scale", _L + "ln_1.weight", "copy"), ("layers/norm1/bias", _L + "ln_1.bias", "copy"),
+        ("layers/norm2/scale", _L + "ln_2.weight", "copy"), ("layers/norm2/bias", _L + "ln_2.bias", "copy"),
+        *((f"layers/attn/{x}/w", _L + f"attn.c_attn_{x}.weight", "conv1") for x in "qkv"),
+        *((f"layers/attn/{x}/b", _L + f"attn.c_attn_{x}.bias", "vec") for x in "qkv"),
+        ("layers/attn/o/w", _L + "attn.c_proj.weight", "conv2"), ("layers/attn/o/b", _L + "attn.c_proj.bias", "copy"),
+        ("layers/mlp/wi/w", _L + "mlp.c_fc.weight", "conv1"), ("layers/mlp/wi/b", _L + "mlp.c_fc.bias", "copy"),
+        ("layers/mlp/wo/w", _L + "mlp.c_proj.weight", "conv1"), ("layers/mlp/wo/b", _L + "mlp.c_proj.bias", "copy"),
+        ("final_norm/scale", "transformer.ln_f.weight", "copy"), ("final_norm/bias", "transformer.ln_f.bias", "copy"),
+        ("lm_head/w", "lm_head.weight", "linear1"),  # untied only
+    ),
+    # Conv1D c_attn holds q | k | v along its output axis; the rules name the three parts
+    fused=(hfmap.Fused(".attn.c_attn.", (".attn.c_attn_q.", ".attn.c_attn_k.", ".attn.c_attn_v.")),),
+    ignored=("attn.bias", "attn.masked_bias", "lm_head.weight"),  # causal-mask buffers; the tied head
+)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from jaxlm.models import decoder
+from jaxlm.models import decoder, hfmap
 from jaxlm.models.base import ModelConfig, Preset
 
 
@@ -62,4 +62,136 @@ init_cache = decoder.init_cache
 
 # ------------------------------------------------------------------------------------------------------------
 # Hugging Face mapping
-HF = None
+def _rope_type(hc: dict) -> str | None:
+    """The RoPE variant of a config.json: transformers < 5 says it in rope_scaling, 5 in rope_parameters."""
+    scaling = hc.get("rope_scaling")
+    if scaling:
+        return scaling.get("rope_type", scaling.get("type"))
+    return (hc.get("rope_parameters") or {}).get("rope_type", "default")
+
+
+def _plain_rope(hc: dict) -> str | None:
+    kind = _rope_type(hc)
+    if kind in (None, "default"):
+        return None
+    return (f"RoPE scaling {kind!r} (rope_scaling / rope_parameters) is not implemented in jaxlm; only plain RoPE "
+            f"(rope_type 'default') is")
+
+
+def _one_bias_switch(hc: dict) -> str | None:
+    if hc.get("attention_bias", False) == hc.get("mlp_bias", False):
+        return None
+    return (f"{hc['model_type']} with attention_bias={hc.get('attention_bias')} but mlp_bias={hc.get('mlp_bias')}: "
+            f"jaxlm's use_bias covers both")
+
+
+def _no_sliding_window(hc: dict) -> str | None:
+    sw = hc.get("sliding_window")
+    if hc["model_type"] != "mistral" or sw is None or sw >= hc.get("max_position_embeddings", 0):
+        return None
+    return (f"Mistral sliding-window attention (sliding_window={sw} < max_position_embeddings="
+            f"{hc.get('max_position_embeddings')}) is not implemented; configs with sliding_window=null are")
+
+
+def _rope_theta(v: float | None, hc: dict) -> float:
+    return float(v if v is not None else (hc.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+
+
+def _write_config(cfg: Config, hc: dict) -> dict:
+    if hc["model_type"] == "mistral":
+        hc["sliding_window"] = None  # full attention, which is what jaxlm computes
+    return hc
+
+
+def _gguf_config(meta: hfmap.GGUFMetadata) -> dict:
+    """The config.json of a llama-family GGUF (llama.cpp's ``<arch>.*`` keys)."""
+    d, h = int(meta.get("embedding_length")), int(meta.get("attention.head_count"))
+    head_dim = int(meta.get("attention.key_length", meta.get("rope.dimension_count", d // h)))
+    if meta.get("rope.dimension_count", head_dim) != head_dim:
+        raise hfmap.UnsupportedModelError(f"GGUF with partial rotary (rope.dimension_count="
+                                          f"{meta.get('rope.dimension_count')} < head_dim={head_dim}) is not supported.")
+    if meta.get("rope.scaling.type") not in (None, "none"):
+        raise hfmap.UnsupportedModelError(f"GGUF RoPE scaling {meta.get('rope.scaling.type')!r} is not implemented "
+                                          f"in jaxlm.")
+    return {
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"],
+        "vocab_size": int(meta.get("vocab_size", meta.n_tokens)),
+        "max_position_embeddings": int(meta.get("context_length", 2048)),
+        "hidden_size": d, "num_attention_heads": h, "num_key_value_heads": int(meta.get("attention.head_count_kv", h)),
+        "num_hidden_layers": int(meta.get("block_count")), "intermediate_size": int(meta.get("feed_forward_length")),
+        "head_dim": head_dim, "rms_norm_eps": float(meta.get("attention.layer_norm_rms_epsilon", 1e-5)),
+        "rope_theta": float(meta.get("rope.freq_base", 10000.0)), "hidden_act": "silu",
+        "tie_word_embeddings": "output.weight" not in meta.tensor_names,
+    }
+
+
+_L = "model.layers.{i}."
+_PROJ = (("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"))
+_MLP = (("wi_0", "mlp.gate_proj"), ("wi_1", "mlp.up_proj"), ("wo", "mlp.down_proj"))
+HF = hfmap.HFMapping(
+    model_types={"llama": "LLaMA", "mistral": "Mistral"},
+    architectures={"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"},
+    fields=(
+        hfmap.Field("vocab_size", "vocab_size"),
+        hfmap.Field("max_position_embeddings", "max_len", 2048),
+        hfmap.Field("hidden_size", "d_model"),
+        hfmap.Field("num_attention_heads", "n_heads"),
+        hfmap.Field("num_key_value_heads", "n_kv_heads", None, write=lambda cfg: cfg.kv_heads,
+                    read=lambda g, hc: None if (g or hc["num_attention_heads"]) == hc["num_attention_heads"] else g),
+        hfmap.Field("num_hidden_layers", "n_layers"),
+        hfmap.Field("intermediate_size", "d_ff"),
+        hfmap.Field("head_dim", "d_head", None, write=lambda cfg: cfg.head_dim,
+                    read=lambda k, hc: None if not k or k * hc["num_attention_heads"] == hc["hidden_size"] else k),
+        hfmap.Field("rms_norm_eps", "norm_eps", 1e-6),
+        hfmap.Field("rope_theta", "rope_theta", None, read=_rope_theta),
+        hfmap.Field("rope_parameters", write=lambda cfg: {"rope_type": "default", "rope_theta": cfg.rope_theta}),
+        hfmap.Field("tie_word_embeddings", "tie_embeddings", False),
+        hfmap.Field("attention_bias", "use_bias", False),
+        hfmap.Field("mlp_bias", write=lambda cfg: cfg.use_bias),
+        hfmap.Field("attention_dropout", "attn_dropout", 0.0),
+    ),
+    fixed={"norm_position": "pre", "embed_scale": False, "pos_emb": "rope", "norm": "rmsnorm",
+           "activation": "swiglu", "final_norm": True},
+    constants={"hidden_act": "silu"},
+    checks=(hfmap.only("hidden_act", ("silu", "swish"), "silu",
+                       "{model_type} with hidden_act={value!r} (jaxlm's LLaMA uses SwiGLU, 'silu')"),
+            _one_bias_switch, _no_sliding_window, _plain_rope),
+    drop=("rope_scaling",),
+    write_config=_write_config,
+    prefix="model.",
+    rules=(
+        ("embed/tokens", "model.embed_tokens.weight", "copy"),
+        ("layers/norm1/scale", _L + "input_layernorm.weight", "copy"),
+        ("layers/norm2/scale", _L + "post_attention_layernorm.weight", "copy"),
+        *((f"layers/attn/{x}/w", _L + f"{hf}.weight", "linear1") for x, hf in _PROJ),
+        ("layers/attn/o/w", _L + "self_attn.o_proj.weight", "linear2"),
+        *((f"layers/mlp/{x}/w", _L + f"{hf}.weight", "linear1") for x, hf in _MLP),
+        # with use_bias
+        *((f"layers/attn/{x}/b", _L + f"{hf}.bias", "vec") for x, hf in _PROJ),
+        ("layers/attn/o/b", _L + "self_attn.o_proj.bias", "copy"),
+        *((f"layers/mlp/{x}/b", _L + f"{hf}.bias", "copy") for x, hf in _MLP),
+        ("final_norm/scale", "model.norm.weight", "copy"),
+        ("lm_head/w", "lm_head.weight", "linear1"),  # untied only
+    ),
+    ignored=("rotary_emb.inv_freq", "lm_head.weight"),  # a buffer; the tied head
+    gguf=hfmap.GGUFMapping(
+        architectures=("llama", "mistral"),
+        tensors={
+            "token_embd.weight": "model.embed_tokens.weight",
+            "output_norm.weight": "model.norm.weight",
+            "output.weight": "lm_head.weight",
+            "blk.{i}.attn_norm.weight": _L + "input_layernorm.weight",
+            "blk.{i}.ffn_norm.weight": _L + "post_attention_layernorm.weight",
+            "blk.{i}.attn_q.weight": _L + "self_attn.q_proj.weight",
+            "blk.{i}.attn_k.weight": _L + "self_attn.k_proj.weight",
+            "blk.{i}.attn_v.weight": _L + "self_attn.v_proj.weight",
+            "blk.{i}.attn_output.weight": _L + "self_attn.o_proj.weight",
+            "blk.{i}.ffn_gate.weight": _L + "mlp.gate_proj.weight",
+            "blk.{i}.ffn_up.weight": _L + "mlp.up_proj.weight",
+            "blk.{i}.ffn_down.weight": _L + "mlp.down_proj.weight",
+        },
+        config=_gguf_config,
+        # llama.cpp's converter interleaves the rows of q and k so that RoPE rotates adjacent pairs
+        permuted={"blk.{i}.attn_q.weight": "n_heads", "blk.{i}.attn_k.weight": "kv_heads"},
+    ),
+)
