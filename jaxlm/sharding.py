@@ -90,11 +90,12 @@ def _rules_dict(rules) -> dict:
     return dict(RULES if rules is None else rules)
 
 
+# global because constrain() runs inside every trace with no caller object to hold it: each fallback is said
+# once per process, not once per trace
 _LOGGED: set[str] = set()
 
 
 def _log_once(msg: str) -> None:
-    # constrain() runs at every trace; say each fallback once per process, not once per trace.
     if msg not in _LOGGED:
         _LOGGED.add(msg)
         log.warning(msg)
