@@ -86,9 +86,6 @@ class StepCache:
         self.max_entries = max_entries
         self._entries: dict[tuple, Compiled] = {}
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def get(self, task: Task, run: C.RunConfig) -> Compiled:
         """The :class:`Compiled` of ``run`` with ``task``, built on the first request."""
         t = run.train
@@ -244,7 +241,7 @@ def setup(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False,
     prep = pipeline.prepare(run, run_dir)
     say(f"data: {prep.info}")
     task = make_task(t.task, **pipeline.task_options(run, prep))
-    c = (cache or StepCache()).get(task, run)
+    c = (StepCache() if cache is None else cache).get(task, run)
     ckpt = Checkpointer(run_dir, keep=t.keep_checkpoints, best_metric=t.best_metric, best_mode=t.best_mode,
                         async_save=t.async_checkpoint, report=say)
     try:

@@ -111,6 +111,19 @@ def tiny_run(tiny_experiment: Path) -> C.RunConfig:
                              ["train.steps=20", "train.tensorboard=true", "train.plot=true", "train.eval_every=10"])
 
 
+def test_step_cache_is_shared_by_runs_differing_only_in_loop_settings(tiny_run):
+    from jaxlm.train.setup import StepCache
+
+    cache, task, run = StepCache(max_entries=2), tasks.make_task("causal_lm"), C.resolve(tiny_run)
+    a = cache.get(task, run)
+    assert cache.get(task, C.apply_overrides(run, ["train.eval_every=3", "train.log_every=7",
+                                                   "train.checkpoint_every=2", "train.init_from=x"])) is a
+    assert cache.get(task, C.apply_overrides(run, ["train.lr=1e-2"])) is not a  # another optimizer
+    assert cache.get(task, run) is a
+    cache.get(task, C.apply_overrides(run, ["train.batch_size=4"]))  # a third: the oldest is dropped
+    assert cache.get(task, run) is not a
+
+
 def test_run_directory_outputs_and_eval_command(tiny_run, tmp_path: Path, capsys, step_cache):
     run_dir = tmp_path / "run"
     out = train(tiny_run, run_dir, quiet=True, cache=step_cache)
