@@ -101,9 +101,7 @@ def build_jaxlm(args, overrides: dict):
     optimizer = optim.make_optimizer(tc, cfg)
     task = tasks.make_task("causal_lm")
     if xent == "fused":  # same loss, computed by jaxlm.nn.xent without materialising the logits
-        from jaxlm.nn import xent as fused
-
-        task = tasks.Task("causal_lm", fused.causal_lm_task_fn)
+        task = tasks.make_task("causal_lm", fused=True)
     par = Parallel(None, model_cfg=cfg, batch_size=args.batch)
     state = par.init_state(create_state, jax.random.key(0), cfg, optimizer)
     step = par.compile(make_train_step(task, cfg, optimizer), state)

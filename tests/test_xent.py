@@ -1,6 +1,7 @@
 """The fused projection + cross-entropy (own VJP, no stored logits) equals the plain path
 (``logits = h @ E^T`` -> :func:`jaxlm.losses.cross_entropy`): sums and gradients, with weights, several
-token blocks, and as the causal-LM task fn inside the real train step."""
+token blocks, and as the causal-LM task (:func:`jaxlm.train.tasks.fused_causal_lm`) inside the real train
+step."""
 
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ def test_fused_task_in_train_step_matches_plain_task():
              "positions": jnp.broadcast_to(jnp.arange(T), (B, T)), "segment_ids": jnp.ones((B, T), jnp.int32)}
     out = {}
     for name, task in (("plain", tasks.make_task("causal_lm")),
-                       ("fused", tasks.Task("causal_lm", xent.causal_lm_task_fn))):
+                       ("fused", tasks.make_task("causal_lm", fused=True))):
         step = jax.jit(make_train_step(task, cfg, opt))
         state = create_state(jax.random.key(0), cfg, opt)
         state, m = step(state, batch)

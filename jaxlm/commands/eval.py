@@ -23,7 +23,7 @@ def evaluate_run(run_dir: str, overrides: list[str] = (), step: int | str | None
     from jaxlm.parallel import Parallel
     from jaxlm.pretrained import load_run
     from jaxlm.train import config as C
-    from jaxlm.train.loop import evaluate
+    from jaxlm.train.hooks import evaluate
     from jaxlm.train.step import make_eval_step
     from jaxlm.train.tasks import make_task
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 from jaxlm.config import ConfigError
 
@@ -28,7 +30,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], *, hooks: Sequence[Any] = ()) -> int:
+    """Run ``jaxlm train ARGV``; returns the exit status (130/143 when stopped by SIGINT/SIGTERM). ``hooks``
+    are passed to :func:`jaxlm.train.loop.train` (for programs that wrap the command, e.g. tests)."""
     args = parser().parse_args(argv)
     from jaxlm.data.text import DataError
     from jaxlm.train import config as C
@@ -39,7 +43,7 @@ def main(argv: list[str]) -> int:
 
         distributed.initialize(distributed.Settings(args.coordinator, args.num_processes, args.process_id))
         run = C.apply_overrides(C.load_experiment(args.experiment), args.overrides)
-        out = train(run, args.run_dir, quiet=args.quiet or not distributed.is_main())
+        out = train(run, args.run_dir, quiet=args.quiet or not distributed.is_main(), hooks=hooks)
     except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"jaxlm train: error: {e}", file=sys.stderr)
         return 2

@@ -104,20 +104,3 @@ def _xent_bwd(block, res, g):
 
 _xent.defvjp(_xent_fwd, _xent_bwd)
 
-
-def causal_lm_task_fn(task, params: dict, batch: dict, key, cfg, train: bool) -> dict:
-    """A ``jaxlm.train.tasks.Task`` function: the ``causal_lm`` task's loss with the fused cross-entropy.
-
-    Use as ``Task("causal_lm", causal_lm_task_fn)``. Same value and gradient as the plain task (the model's
-    logits output is unused, so ``jit`` drops it); label smoothing / z-loss are not supported here."""
-    if getattr(task, "label_smoothing", 0.0) or getattr(task, "z_loss", 0.0):
-        raise ValueError("the fused cross-entropy has no label smoothing / z-loss; use the plain causal_lm task.")
-    from jaxlm.models import family_of
-
-    _, aux = family_of(cfg).apply(params, batch["inputs"], cfg, positions=batch.get("positions"),
-                                  segment_ids=batch.get("segment_ids"), key=task.dropout_key(key, train),
-                                  return_aux=True, return_hidden=True)
-    table = params["embed"]["tokens"] if cfg.tie_embeddings else params["lm_head"]["w"].T
-    if not cfg.tie_embeddings and "b" in params.get("lm_head", {}):
-        raise ValueError("the fused cross-entropy does not take an output bias; use the plain causal_lm task.")
-    return cross_entropy(aux["hidden"], table, batch["targets"], batch.get("weights"))

@@ -18,9 +18,10 @@ from typing import Any
 
 from jaxlm import config as C
 from jaxlm.config import parse_step
-from jaxlm.models import base, get
+from jaxlm.fileio import write_text_atomic
+from jaxlm.models import FAMILIES, base, family_of, get
 
-TASKS = ("causal_lm", "mlm", "seq2seq", "classification", "span")
+TASKS = base.TASKS  # the training tasks a family may declare
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "linear", "noam")
 
@@ -203,19 +204,22 @@ def apply_overrides(cfg: RunConfig, assignments: list[str] | dict[str, str]) -> 
 
 
 def resolve(cfg: RunConfig) -> RunConfig:
-    """Fill what the task implies: BERT's task heads, seq_len within the model's max_len."""
+    """Check that the model's family supports ``train.task`` (its ``TASKS``), let the family adapt the model
+    to the task (its optional ``for_task(cfg, task)``, e.g. the one head an encoder needs) and check that
+    the data's lengths fit a learned position table."""
     m, t, d = cfg.model, cfg.train, cfg.data
-    fam = type(m).family
-    needs = {"causal_lm": ("gpt2", "llama"), "mlm": ("bert",), "seq2seq": ("transformer",),
-             "classification": ("bert",), "span": ("bert",)}[t.task]
-    if fam not in needs:
-        raise C.ConfigError(f"train.task={t.task!r} needs a {' or '.join(needs)} model, but model is {fam}; "
-                            f"set model.preset to a {needs[0]} preset (see `jaxlm models`).")
-    if fam == "bert":
-        head = {"mlm": "mlm", "classification": "classifier", "span": "span"}[t.task]
-        if tuple(m.heads) != (head,):
-            m = m.replace(heads=(head,))
-    if fam in ("gpt2", "bert") or (fam == "transformer" and m.pos_emb == "learned"):
+    fam = family_of(m)
+    if t.task not in fam.TASKS:
+        able = [name for name, mod in FAMILIES.items() if t.task in mod.TASKS]
+        if not able:
+            raise C.ConfigError(f"train.task={t.task!r}: no model family supports it (see `jaxlm models`).")
+        raise C.ConfigError(f"train.task={t.task!r} needs a {' or '.join(able)} model (the families that "
+                            f"support it), but model is {type(m).family}; set model.preset to a {able[0]} "
+                            f"preset (see `jaxlm models`).")
+    for_task = getattr(fam, "for_task", None)
+    if for_task is not None:
+        m = for_task(m, t.task)
+    if m.pos_emb == "learned":
         for f, v in (("data.seq_len", d.seq_len), ("data.target_len", d.target_len)):
             if v is not None and v > m.max_len:
                 raise C.ConfigError(f"{f}={v} exceeds model.max_len={m.max_len}; lower {f} or raise "
@@ -250,16 +254,17 @@ def to_json(cfg: RunConfig) -> dict:
 
 
 def from_json(d: dict) -> RunConfig:
+    """The RunConfig of a :func:`to_json` dict."""
     return RunConfig(**{k: C.from_dict(d[k]) for k in ("model", "train", "data", "mesh")})
 
 
 def save(cfg: RunConfig, path: str | Path) -> None:
-    from jaxlm.fileio import write_text_atomic
-
+    """Write ``cfg`` as JSON (:func:`to_json`) to ``path``, atomically."""
     write_text_atomic(path, json.dumps(to_json(cfg), indent=2, sort_keys=True) + "\n")
 
 
 def load(path: str | Path) -> RunConfig:
+    """The RunConfig saved at ``path`` (a run's config.json)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p} does not exist: not a jaxlm run directory?")

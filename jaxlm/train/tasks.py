@@ -25,7 +25,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm import losses
+from jaxlm.config import ConfigError, closest
 from jaxlm.models import family_of
+from jaxlm.nn import xent
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,26 @@ def _causal_lm(task: Task, params, batch, key, cfg, train):
     return task.ce(logits, batch["targets"], _rows(batch, batch.get("weights"), batch["targets"].shape))
 
 
+def fused_causal_lm(task: Task, params: dict, batch: dict, key: jax.Array | None, cfg, train: bool) -> dict:
+    """The ``causal_lm`` loss through :func:`jaxlm.nn.xent.cross_entropy`, which never stores the
+    [tokens, vocab] logits; same value and gradient as the plain task. Use as
+    ``Task("causal_lm", fused_causal_lm)`` or ``make_task("causal_lm", fused=True)``. No label smoothing,
+    z-loss or output bias."""
+    if task.label_smoothing or task.z_loss:
+        raise ValueError("the fused cross-entropy has no label smoothing / z-loss; use the plain causal_lm "
+                         "task.")
+    if not cfg.tie_embeddings and "b" in params.get("lm_head", {}):
+        raise ValueError("the fused cross-entropy does not take an output bias; use the plain causal_lm "
+                         "task.")
+    # the model's logits output is unused, so jit drops their computation
+    _, aux = family_of(cfg).apply(params, batch["inputs"], cfg, positions=batch.get("positions"),
+                                  segment_ids=batch.get("segment_ids"), key=task.dropout_key(key, train),
+                                  return_aux=True, return_hidden=True)
+    table = params["embed"]["tokens"] if cfg.tie_embeddings else params["lm_head"]["w"].T
+    return xent.cross_entropy(aux["hidden"], table, batch["targets"],
+                              _rows(batch, batch.get("weights"), batch["targets"].shape))
+
+
 def _mlm(task: Task, params, batch, key, cfg, train):
     if task.mask_id is None:
         raise ValueError("the mlm task needs the tokenizer's mask token id (Task.mask_id).")
@@ -105,11 +127,14 @@ TASKS: dict[str, Callable] = {"causal_lm": _causal_lm, "mlm": _mlm, "seq2seq": _
                               "classification": _classification, "span": _span}
 
 
-def make_task(name: str, **options) -> Task:
+def make_task(name: str, *, fused: bool = False, **options) -> Task:
     """The task ``name`` (one of :data:`TASKS`) with options (label_smoothing, z_loss, dropout, mlm_prob,
-    mask_id, random_low, random_high)."""
+    mask_id, random_low, random_high). ``fused=True`` computes the causal_lm loss with
+    :func:`fused_causal_lm`."""
     if name not in TASKS:
-        from jaxlm.config import ConfigError, closest
-
         raise ConfigError(f"unknown task {name!r}{closest(name, TASKS)}; tasks: {sorted(TASKS)}.")
+    if fused:
+        if name != "causal_lm":
+            raise ConfigError(f"the fused cross-entropy is for the causal_lm task, not {name!r}.")
+        return Task(name, fused_causal_lm, **options)
     return Task(name, TASKS[name], **options)

@@ -47,6 +47,15 @@ def tiny_experiment(tmp_path: Path) -> Path:
     return exp
 
 
+@pytest.fixture(scope="session")
+def step_cache():
+    """Compiled steps shared by this session's in-process ``train()`` calls: a configuration trained again
+    (resume tests, runs differing only in loop settings) reuses them instead of compiling again."""
+    from jaxlm.train.setup import StepCache
+
+    return StepCache()
+
+
 _CACHE: dict[str, str] = {}
 
 

@@ -32,9 +32,10 @@ def test_kill9_during_step_15_resumes_from_10_bit_for_bit(tiny_experiment: Path,
     ref = losses(full)
     assert sorted(ref) == list(range(1, 31))
 
-    # the same command, made to hang inside step 15, then killed with SIGKILL (no handler can run)
-    env = cli_env(JAXLM_FAULT_HANG_AT_STEP="15")
-    p = subprocess.Popen([sys.executable, "-m", "jaxlm.cli", *args, str(killed)], cwd=REPO, env=env,
+    # the same command with a test hook that hangs inside step 15, killed with SIGKILL (no handler can run)
+    hang = [sys.executable, "-m", "tests.train.run_with_fault", "15", "--"]
+    env = cli_env()
+    p = subprocess.Popen([*hang, *args, str(killed)], cwd=REPO, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 240
@@ -60,7 +61,7 @@ def test_kill9_during_step_15_resumes_from_10_bit_for_bit(tiny_experiment: Path,
 
     # SIGTERM in the same place: the run saves step 14 (state and data position) and exits 143
     termed = tmp_path / "termed"
-    p = subprocess.Popen([sys.executable, "-m", "jaxlm.cli", *args, str(termed)], cwd=REPO, env=env,
+    p = subprocess.Popen([*hang, *args, str(termed)], cwd=REPO, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in p.stderr:
@@ -77,14 +78,14 @@ def test_kill9_during_step_15_resumes_from_10_bit_for_bit(tiny_experiment: Path,
     assert meta["step"] == 14 and meta["data_position"]["step"] == 14
 
 
-def test_corrupt_checkpoint_falls_back_to_newest_good(tiny_experiment: Path, tmp_path: Path):
+def test_corrupt_checkpoint_falls_back_to_newest_good(tiny_experiment: Path, tmp_path: Path, step_cache):
     from jaxlm import pretrained
     from jaxlm.train import config as C
     from jaxlm.train.loop import train
 
     run_dir = tmp_path / "run"
     cfg = C.apply_overrides(C.load_experiment(tiny_experiment), ["train.steps=20"])
-    out = train(cfg, run_dir, quiet=True)
+    out = train(cfg, run_dir, quiet=True, cache=step_cache)
     assert out["last_checkpoint"] == 20 and ckpt_steps(run_dir) == [10, 20]
     ref20 = losses(run_dir)[20]
     # corrupt step 20: truncate every data file of its params item
@@ -94,7 +95,8 @@ def test_corrupt_checkpoint_falls_back_to_newest_good(tiny_experiment: Path, tmp
         f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 3])
     loaded = pretrained.load_run(run_dir)
     assert loaded.extra["step"] == 10  # load_run skips the broken one (and leaves it in place)
-    out = train(cfg, run_dir, quiet=True)  # the trainer reports it, moves it aside, resumes from 10
+    # the trainer reports it, moves it aside, resumes from 10
+    out = train(cfg, run_dir, quiet=True, cache=step_cache)
     assert out["resumed_from"] == 10
     assert (run_dir / "checkpoints-corrupt" / "20").is_dir()
     assert ckpt_steps(run_dir) == [10, 20]  # step 20 re-made from the good step 10

@@ -111,9 +111,22 @@ def tiny_run(tiny_experiment: Path) -> C.RunConfig:
                              ["train.steps=20", "train.tensorboard=true", "train.plot=true", "train.eval_every=10"])
 
 
-def test_run_directory_outputs_and_eval_command(tiny_run, tmp_path: Path, capsys):
+def test_step_cache_is_shared_by_runs_differing_only_in_loop_settings(tiny_run):
+    from jaxlm.train.setup import StepCache
+
+    cache, task, run = StepCache(max_entries=2), tasks.make_task("causal_lm"), C.resolve(tiny_run)
+    a = cache.get(task, run)
+    assert cache.get(task, C.apply_overrides(run, ["train.eval_every=3", "train.log_every=7",
+                                                   "train.checkpoint_every=2", "train.init_from=x"])) is a
+    assert cache.get(task, C.apply_overrides(run, ["train.lr=1e-2"])) is not a  # another optimizer
+    assert cache.get(task, run) is a
+    cache.get(task, C.apply_overrides(run, ["train.batch_size=4"]))  # a third: the oldest is dropped
+    assert cache.get(task, run) is not a
+
+
+def test_run_directory_outputs_and_eval_command(tiny_run, tmp_path: Path, capsys, step_cache):
     run_dir = tmp_path / "run"
-    out = train(tiny_run, run_dir, quiet=True)
+    out = train(tiny_run, run_dir, quiet=True, cache=step_cache)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 21))
     assert {"loss", "nll", "ppl", "accuracy", "grad_norm", "lr", "tokens_per_s", "mfu"} <= set(rows[-2])
@@ -155,13 +168,14 @@ def test_run_directory_outputs_and_eval_command(tiny_run, tmp_path: Path, capsys
 
     # fine-tuning starts from a chosen checkpoint of another run
     ft = train(C.apply_overrides(tiny_run, [f"train.init_from={run_dir}", "train.init_step=10", "train.steps=1",
-                                            "train.eval_every=0"]), tmp_path / "ft", quiet=True)
+                                            "train.eval_every=0"]), tmp_path / "ft", quiet=True,
+               cache=step_cache)
     assert ft["initialised_from"] == {"run": str(run_dir), "step": 10} and ft["resumed_from"] is None
     with pytest.raises(ConfigError, match="train.init_step='bset' must be a step number, 'best' or 'latest'"):
         C.apply_overrides(tiny_run, ["train.init_step=bset"])
 
     # rerunning a finished run resumes at its end and trains nothing more
-    again = train(tiny_run, run_dir, quiet=True)
+    again = train(tiny_run, run_dir, quiet=True, cache=step_cache)
     assert again["resumed_from"] == 20 and again["step"] == 20
 
 
@@ -184,12 +198,13 @@ def test_bad_input_errors(tiny_run, tmp_path: Path):
         train(C.apply_overrides(tiny_run, ["model.d_ff=32"]), tmp_path / "r4", quiet=True)
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_run, tmp_path: Path):
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_run, tmp_path: Path,
+                                                                          step_cache):
     run = C.apply_overrides(tiny_run, ["train.lr=1e30", "train.clip_norm=none", "train.warmup_steps=0",
                                        "train.checkpoint_every=1", "train.optimizer=adam"])
     run_dir = tmp_path / "run"
     with pytest.raises(TrainingError, match=r"at step 2: training stopped. The last good checkpoint is step 1"):
-        train(run, run_dir, quiet=True)
+        train(run, run_dir, quiet=True, cache=step_cache)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["1"]
     from jaxlm.pretrained import load_run
 
@@ -198,7 +213,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_
 
 
 @pytest.mark.slow
-def test_bert_mlm_then_finetune_from_its_params(tmp_path: Path):
+def test_bert_mlm_then_finetune_from_its_params(tmp_path: Path, step_cache):
     corpus = tmp_path / "sst.tsv"
     rng = np.random.default_rng(0)
     pos, neg = "good great fine lovely superb".split(), "bad awful poor dull terrible".split()
@@ -213,13 +228,13 @@ def test_bert_mlm_then_finetune_from_its_params(tmp_path: Path):
               "train.plot=false"]
     exp = "experiments/bert_sentiment.py"
     mlm = C.apply_overrides(C.load_experiment(exp), [*common, "train.steps=5"])
-    out = train(mlm, tmp_path / "mlm", quiet=True)
+    out = train(mlm, tmp_path / "mlm", quiet=True, cache=step_cache)
     assert out["step"] == 5
     ft = C.apply_overrides(C.load_experiment(exp + ":finetune"),
                            [*common, "train.steps=30", "data.eval_path=", "data.eval_fraction=0.2",
                             f"train.init_from={tmp_path / 'mlm'}", "train.lr=2e-3", "train.warmup_steps=3",
                             "model.dropout=0.0"])
-    out = train(ft, tmp_path / "ft", quiet=True)
+    out = train(ft, tmp_path / "ft", quiet=True, cache=step_cache)
     from jaxlm.pretrained import load_run
 
     src = load_run(tmp_path / "mlm").params

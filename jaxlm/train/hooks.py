@@ -1,0 +1,262 @@
+"""Hooks: what the step loop does around each step, and the :class:`Loop` record they read and update.
+
+A hook is any object with some of these methods (subclass :class:`Hook` for no-op defaults):
+
+- ``on_start(loop)``: once, before the first step;
+- ``on_step(loop)``: after each optimizer update (``loop.step`` updates done, ``loop.state`` the new state);
+- ``on_log(loop, row)``: a metrics row to record (train rows at log steps, ``eval_*`` rows);
+- ``on_end(loop)``: once, last, also when a step or a hook raised (``loop.finished`` is False then).
+
+Hooks run in list order (``on_end`` in reverse). :func:`jaxlm.train.loop.train` runs the logs of
+:mod:`jaxlm.train.logs` first (so every row is recorded), then the caller's hooks, then :class:`Evaluation`
+and :class:`Checkpointing`: a caller's ``on_step`` sees each step before it is evaluated and saved, and this
+step's evaluation reaches it through ``on_log``. A hook ends the run after the current step by setting
+``loop.stop = True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxlm import metrics as M
+from jaxlm.data.packing import ArrayData
+from jaxlm.parallel import Parallel
+from jaxlm.train.optim import learning_rate
+from jaxlm.train.setup import Setup
+from jaxlm.train.state import TrainState
+
+FLUSH_EVERY = 100  # steps whose metrics may wait on the device before they are pulled and checked
+
+
+class TrainingError(RuntimeError):
+    """Training stopped (NaN/inf loss, ...); the message names the step and the last good checkpoint."""
+
+
+class Hook:
+    """No-op base of the hook protocol (see the module docstring)."""
+
+    def on_start(self, loop: Loop) -> None:
+        pass
+
+    def on_step(self, loop: Loop) -> None:
+        pass
+
+    def on_log(self, loop: Loop, row: dict) -> None:
+        pass
+
+    def on_end(self, loop: Loop) -> None:
+        pass
+
+
+class Loop:
+    """The state of a running loop, shared by its hooks.
+
+    ``setup`` (:class:`Setup`), ``state`` (the current TrainState: sharded or replicated; :meth:`plain`
+    gives the unreplicated one), ``step`` (updates done), ``stop`` (set to end after this step),
+    ``signal`` (SIGTERM/SIGINT received, set by :class:`Checkpointing`'s handler), ``interrupted`` (the
+    signal the run stopped for), ``last`` (the last logged train row), ``eval`` (this step's eval metrics,
+    ``{}`` when it was not evaluated), ``last_eval``, ``first_eval`` (before training, fresh runs),
+    ``last_checkpoint`` (newest saved step), ``finished`` (the loop ended without an error).
+
+    Step metrics stay on the device until :meth:`flush` pulls them (at log steps, every
+    :data:`FLUSH_EVERY` steps, and before evaluating or saving), so the host does not wait on every step.
+    """
+
+    def __init__(self, setup: Setup, state: TrainState, hooks: Sequence[Any] = ()):
+        self.setup = setup
+        self.state = state
+        self.hooks = list(hooks)
+        self.step = setup.start
+        self.stop = False
+        self.finished = False
+        self.signal: str | None = None
+        self.interrupted: str | None = None
+        self.last: dict = {"loss": float("nan")}
+        self.eval: dict = {}
+        self.last_eval: dict = {}
+        self.first_eval: dict | None = None
+        self.last_checkpoint: int | None = max(setup.ckpt.steps(), default=None)
+        self._pending: list[tuple[int, list]] = []
+        self._t0: float | None = None  # start of the tokens/s window; None until the first step is done
+        self._timed_steps = 0
+
+    def emit(self, event: str, *args: Any) -> None:
+        """Call ``event`` (e.g. "on_step") on every hook that has it, in order."""
+        for h in self.hooks:
+            fn = getattr(h, event, None)
+            if fn is not None:
+                fn(self, *args)
+
+    def log(self, row: dict) -> None:
+        """Send a metrics row (with its ``step``) to every hook's ``on_log``."""
+        self.emit("on_log", row)
+
+    def plain(self) -> TrainState:
+        """The current state as one (unreplicated) pytree, for evaluation and checkpoints."""
+        return self.setup.par.unreplicate(self.state)
+
+    def record(self, metrics: list[dict]) -> None:
+        """Queue the device metrics of the update that made ``self.step`` (one dict per micro-batch)."""
+        t = self.setup.run.train
+        self._pending.append((self.step, metrics))
+        self._timed_steps += 1
+        if self._t0 is None:  # the first step includes compilation: time tokens/s from its end
+            jax.block_until_ready(metrics[-1])
+            self.flush()
+        elif self.step % t.log_every == 0 or len(self._pending) >= FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        """Pull the queued step metrics to the host; raise :class:`TrainingError` on a NaN/inf loss or
+        gradient norm; log the rows of log steps and the last step (means over micro-batches, weighted by
+        tokens; ``tokens_per_s`` and ``mfu`` over the steps since the last flush)."""
+        if not self._pending:
+            return
+        s, t = self.setup, self.setup.run.train
+        host = jax.device_get([ms for _, ms in self._pending])
+        now = time.perf_counter()
+        rate = None
+        if self._t0 is not None and self._timed_steps:
+            rate = self._timed_steps * s.tokens_per_step / (now - self._t0)
+        for (step, _), ms in zip(self._pending, host):
+            mean = _mean_metrics(ms)
+            if not math.isfinite(mean["loss"]) or not math.isfinite(mean["grad_norm"]):
+                saved = "none (nothing saved)" if self.last_checkpoint is None else \
+                    f"step {self.last_checkpoint} in {s.ckpt.dir}"
+                raise TrainingError(
+                    f"loss is {mean['loss']} (grad norm {mean['grad_norm']}) at step {step}: training "
+                    f"stopped. The last good checkpoint is {saved}; it was not replaced. Lower train.lr, set "
+                    f"train.clip_norm, or check the data.")
+            if step % t.log_every == 0 or step == t.steps:
+                row = {"step": step, **mean, "ppl": M.perplexity(mean["nll"]),
+                       "lr": learning_rate(t, s.run.model, step - 1)}
+                if rate is not None:
+                    row["tokens_per_s"] = rate
+                    row["mfu"] = s.flops_per_token * rate / s.peak_flops
+                self.log(row)
+                self.last = row
+        self._pending.clear()
+        self._t0, self._timed_steps = now, 0
+
+    @contextlib.contextmanager
+    def untimed(self) -> Iterator[None]:
+        """Work kept out of the tokens/s window (evaluating, saving): flushes first, restarts the window
+        after."""
+        self.flush()
+        try:
+            yield
+        finally:
+            self._t0, self._timed_steps = time.perf_counter(), 0
+
+
+def _mean_metrics(ms: list[dict]) -> dict:
+    """One step's metrics from its micro-batches': token-weighted loss, nll, accuracy; mean grad norm."""
+    w = np.array([float(m["tokens"]) for m in ms])
+    mean = {k: float(np.average([float(m[k]) for m in ms], weights=w if w.sum() > 0 else None))
+            for k in ("loss", "nll", "accuracy")}
+    mean["grad_norm"] = float(np.mean([float(m["grad_norm"]) for m in ms]))
+    mean["tokens"] = float(w.sum())
+    return mean
+
+
+def evaluate(eval_fn, params: dict, data: ArrayData, batch_size: int, max_batches: int | None,
+             par: Parallel) -> dict:
+    """Token-weighted means over up to ``max_batches`` eval batches: eval_loss, eval_nll, eval_ppl,
+    eval_accuracy, eval_tokens."""
+    tot: dict[str, float] = {}
+    for b in data.sequential(batch_size, max_batches):
+        m = jax.device_get(eval_fn(params, par.place_batch(b, for_eval=True)))
+        for k in ("loss_sum", "nll_sum", "correct_sum", "weight_sum"):
+            tot[k] = tot.get(k, 0.0) + float(m[k])
+    w = max(tot.get("weight_sum", 0.0), 1e-9)
+    nll = tot.get("nll_sum", 0.0) / w
+    return {"eval_loss": tot.get("loss_sum", 0.0) / w, "eval_nll": nll, "eval_ppl": M.perplexity(nll),
+            "eval_accuracy": tot.get("correct_sum", 0.0) / w, "eval_tokens": tot.get("weight_sum", 0.0)}
+
+
+def _fmt(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+class Evaluation(Hook):
+    """Evaluates on the run's eval split before training (fresh runs only: ``loop.first_eval``), every
+    ``train.eval_every`` steps and at the last step (``loop.eval``, ``loop.last_eval``, logged). Does
+    nothing when the run has no eval split."""
+
+    def _evaluate(self, loop: Loop) -> dict:
+        s, t = loop.setup, loop.setup.run.train
+        params = loop.plain().params
+        fn = s.compiled.eval_step(params)
+        return evaluate(fn, params, s.prep.eval, t.batch_size, t.eval_batches, s.par)
+
+    def on_start(self, loop: Loop) -> None:
+        if loop.setup.prep.eval is not None and loop.setup.resumed_from is None:
+            loop.first_eval = self._evaluate(loop)
+            loop.setup.say("eval before training: " + _fmt(loop.first_eval))
+
+    def on_step(self, loop: Loop) -> None:
+        t = loop.setup.run.train
+        due = (t.eval_every and loop.step % t.eval_every == 0) or loop.step == t.steps
+        if not due or loop.setup.prep.eval is None:
+            return
+        with loop.untimed():
+            loop.eval = loop.last_eval = self._evaluate(loop)
+        loop.log({"step": loop.step, **loop.eval})
+        loop.setup.say(f"step {loop.step}: " + _fmt(loop.eval))
+
+
+class Checkpointing(Hook):
+    """Saves the state every ``train.checkpoint_every`` steps, at the last step, and when SIGTERM/SIGINT
+    arrives: the handler only records the signal (``loop.signal``); after the step in progress the state
+    is saved and the loop stops (``loop.interrupted``). A second SIGINT raises KeyboardInterrupt at once.
+    Handlers are installed from the main thread only, and restored at the end."""
+
+    def __init__(self) -> None:
+        self._old: dict = {}
+        self._loop: Loop | None = None
+
+    def on_start(self, loop: Loop) -> None:
+        self._loop = loop
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self._loop.signal and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self._loop.signal = signal.Signals(signum).name
+
+    def on_step(self, loop: Loop) -> None:
+        t = loop.setup.run.train
+        due = (t.checkpoint_every and loop.step % t.checkpoint_every == 0) or loop.step == t.steps
+        if due or loop.signal:
+            with loop.untimed():
+                self.save(loop)
+        if loop.signal:
+            loop.interrupted, loop.stop = loop.signal, True
+            loop.setup.say(f"{loop.signal} received: saved checkpoint step {loop.step}; rerun the same "
+                           f"command to resume.")
+
+    def save(self, loop: Loop) -> None:
+        """Save the current state with its data position, last train loss and this step's eval metrics
+        (which also rank it for ``train.best_metric``)."""
+        s, t, step = loop.setup, loop.setup.run.train, loop.step
+        meta = {"data_position": {"step": step, "seed": t.seed, "batch_size": t.batch_size,
+                                  "epoch": s.prep.train.position(step, t.batch_size)[0]},
+                "loss": loop.last.get("loss"), **loop.eval}
+        if s.ckpt.save(step, loop.plain(), meta, loop.eval):
+            loop.last_checkpoint = step
+
+    def on_end(self, loop: Loop) -> None:
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
+        self._old.clear()

@@ -1,0 +1,270 @@
+"""Everything a training run needs before its first step: :func:`setup` builds a :class:`Setup`.
+
+It checks the run directory, prepares the data, builds (or takes from a :class:`StepCache`) the optimizer,
+the :class:`jaxlm.parallel.Parallel` and the compiled steps, opens the :class:`Checkpointer` and produces
+the first state: restored from the newest good checkpoint (a resumed run), started from another run's params
+(``train.init_from``), or fresh.
+
+Resuming is exact: params, optimizer state, step and RNG are restored, and batch ``s`` is a pure function of
+(seed, s) (:class:`jaxlm.data.packing.ArrayData`), so a resumed run computes the steps the uninterrupted one
+would have, bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from jaxlm import metrics as M
+from jaxlm import params as P
+from jaxlm.config import ConfigError, parse_step
+from jaxlm.data import pipeline
+from jaxlm.fileio import copy_atomic, private_tmp
+from jaxlm.models import family_of
+from jaxlm.parallel import Parallel
+from jaxlm.train import config as C
+from jaxlm.train.checkpoint import Checkpointer
+from jaxlm.train.optim import make_optimizer
+from jaxlm.train.state import TrainState, create_state
+from jaxlm.train.step import make_eval_step, make_train_step
+from jaxlm.train.tasks import Task, make_task
+
+# TrainConfig fields that change what the loop does around the step but not the step itself, so runs that
+# differ only in these share compiled steps
+LOOP_ONLY = ("log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
+             "best_metric", "best_mode", "async_checkpoint", "init_from", "init_step", "peak_flops",
+             "progress", "tensorboard", "plot")
+
+
+@dataclass
+class Compiled:
+    """The optimizer, :class:`Parallel` and steps of one step configuration. The train and eval steps are
+    compiled on first use (compiling needs a state to take the shardings from)."""
+
+    optimizer: optax.GradientTransformation
+    par: Parallel
+    step_fn: Callable  # the pure train step
+    eval_fn: Callable  # the pure eval step
+    init: Callable | None = None  # key -> state, jitted with the state's shardings (jit mode only)
+    _train: Callable | None = field(default=None, repr=False)
+    _eval: Callable | None = field(default=None, repr=False)
+
+    def init_state(self, key: jax.Array, cfg) -> TrainState:
+        """A fresh state from ``key``, placed as the step expects it."""
+        if self.init is not None:
+            return self.init(key)
+        return self.par.init_state(create_state, key, cfg, self.optimizer)
+
+    def train_step(self, state: TrainState) -> Callable:
+        """``step(state, batch) -> (state, metrics)``, jitted with shardings and the state donated (or
+        pmapped) by :meth:`Parallel.compile`; ``state`` only supplies the shardings."""
+        if self._train is None:
+            self._train = self.par.compile(self.step_fn, state, donate=True)
+        return self._train
+
+    def eval_step(self, params: dict) -> Callable:
+        """``eval_step(params, batch) -> metrics``, compiled by :meth:`Parallel.compile_eval`."""
+        if self._eval is None:
+            self._eval = self.par.compile_eval(self.eval_fn, params)
+        return self._eval
+
+
+class StepCache:
+    """Memoises :class:`Compiled` per step configuration (task, model, the step-relevant train settings,
+    mesh, micro-batch size, device count). The caller owns it: pass the same cache to several
+    :func:`jaxlm.train.loop.train` calls in one process (tests, notebooks) and a configuration trained
+    again reuses its compiled steps. Holds at most ``max_entries`` configurations (oldest dropped first)."""
+
+    def __init__(self, max_entries: int = 8):
+        self.max_entries = max_entries
+        self._entries: dict[tuple, Compiled] = {}
+
+    def get(self, task: Task, run: C.RunConfig) -> Compiled:
+        """The :class:`Compiled` of ``run`` with ``task``, built on the first request."""
+        t = run.train
+        micro = t.batch_size // t.grad_accum
+        loop_only = {f: getattr(C.TrainConfig(), f) for f in LOOP_ONLY}
+        key = (task, run.model, dataclasses.replace(t, **loop_only), run.mesh, micro, jax.device_count())
+        if key not in self._entries:
+            while len(self._entries) >= self.max_entries:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[key] = build(task, run)
+        return self._entries[key]
+
+
+def build(task: Task, run: C.RunConfig) -> Compiled:
+    """The optimizer, :class:`Parallel` and (not yet compiled) steps of ``run`` with ``task``."""
+    cfg, t = run.model, run.train
+    opt = make_optimizer(t, cfg)
+    par = Parallel(run.mesh, model_cfg=cfg, batch_size=t.batch_size // t.grad_accum)
+    out = Compiled(optimizer=opt, par=par, eval_fn=make_eval_step(task, cfg),
+                   step_fn=make_train_step(task, cfg, opt, grad_axis_name=par.grad_axis_name))
+    if par.mode == "jit":  # par.init_state, but jitted once per configuration
+        fn = lambda key: create_state(key, cfg, opt)  # noqa: E731
+        out.init = jax.jit(fn, out_shardings=par.state_shardings(jax.eval_shape(fn, jax.random.key(0))))
+    return out
+
+
+@dataclass
+class Setup:
+    """What the step loop and its hooks read: the resolved run, its data, compiled steps, checkpointer and
+    where the run starts. Built by :func:`setup`."""
+
+    run: C.RunConfig  # resolved (C.resolve)
+    run_dir: Path
+    say: Callable[..., None]  # prints a log line (nothing when quiet)
+    quiet: bool
+    main: bool  # process 0: the one that writes RUN_DIR's files in a multi-process run
+    prep: pipeline.Prepared
+    task: Task
+    compiled: Compiled
+    ckpt: Checkpointer
+    start: int  # the step the run starts from
+    resumed_from: int | None
+    initialised_from: dict | None  # {"run", "step"} of train.init_from, fresh runs only
+    flops_per_token: float
+    peak_flops: float  # of all devices together
+    tokens_per_step: int
+
+    @property
+    def par(self) -> Parallel:
+        return self.compiled.par
+
+
+def check_writable(run_dir: Path) -> None:
+    """Create ``run_dir`` and check that files can be written there (ConfigError naming the fix if not)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # one probe per process: the processes of a multi-process run share run_dir, and one removing a
+        # shared probe while another still writes it made the check fail at random
+        probe = private_tmp(run_dir / ".write-test")
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"run directory {run_dir} is not writable ({e.strerror}); choose another "
+                          f"--run-dir.") from None
+
+
+def check_config(run_dir: Path, run: C.RunConfig, say: Callable[..., None]) -> None:
+    """Refuse to resume a run directory whose model or data config differs from ``run``'s; report changed
+    train settings."""
+    f = run_dir / "config.json"
+    if not f.exists():
+        return
+    try:
+        old = C.load(f)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"{f} cannot be read ({e}); use a new --run-dir.") from e
+    for section in ("model", "data"):
+        if getattr(old, section) != getattr(run, section):
+            a, b = C.to_json(old)[section], C.to_json(run)[section]
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            raise ConfigError(f"{run_dir} holds a run with a different {section} config (differs in {diff}); "
+                              f"resume with the same settings or choose a new --run-dir.")
+    if old.train != run.train:
+        a, b = C.to_json(old)["train"], C.to_json(run)["train"]
+        say("resuming with changed train settings: "
+            + ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a) if a.get(k) != b.get(k)))
+
+
+def merge_params(fresh: dict, loaded: dict, source: str) -> tuple[dict, list[str]]:
+    """Start from ``loaded`` (another run's params) where paths and shapes agree; keep ``fresh`` values
+    for parameters the source lacks (a new task head). Returns (params, paths kept fresh)."""
+    ff, fl = P.flatten(fresh), P.flatten(loaded)
+    wrong = [f"{k}: {np.shape(fl[k])} vs {np.shape(v)}" for k, v in ff.items()
+             if k in fl and np.shape(fl[k]) != np.shape(v)]
+    if wrong:
+        raise ConfigError(f"train.init_from={source}: parameter shapes differ ({'; '.join(wrong[:4])}); the "
+                          f"model config must match the source run's (same preset and vocab_size).")
+    new = sorted(k for k in ff if k not in fl)
+    return P.unflatten({k: fl.get(k, v) for k, v in ff.items()}), new
+
+
+def run_params(run_dir: str | Path, step: int | str | None = None) -> tuple[dict, int]:
+    """The params of another run's checkpoint (``step``: a number, "best" or "latest"/None) and its step."""
+    src = C.load(Path(run_dir) / "config.json")
+    ck = Checkpointer(run_dir, best_metric=src.train.best_metric, best_mode=src.train.best_mode,
+                      read_only=True, report=lambda m: None)
+    try:
+        return ck.restore_params(P.abstract(family_of(src.model).spec(src.model)), step)
+    finally:
+        ck.manager.close()
+
+
+def _first_state(run: C.RunConfig, c: Compiled, ckpt: Checkpointer, say) -> tuple[Any, int, int | None,
+                                                                                   dict | None]:
+    """(state, start step, resumed_from, initialised_from): the newest good checkpoint of this run, else
+    ``train.init_from``'s params, else a fresh state."""
+    cfg, t, par = run.model, run.train, c.par
+    key = jax.random.key(t.seed)
+    plain_like = jax.eval_shape(lambda k: create_state(k, cfg, c.optimizer), key)
+    restored = ckpt.restore(par.abstract_state(plain_like)) if ckpt.steps() else None
+    if restored is not None:
+        state, meta = restored
+        start = int(meta["step"])
+        say(f"resuming from checkpoint step {start} in {ckpt.dir}")
+        return (par.place_state(state) if par.mode == "pmap" else state), start, start, None
+    if t.init_from:
+        src_params, src_step = run_params(t.init_from, step=parse_step(t.init_step))
+        fresh = family_of(cfg).init(jax.random.fold_in(key, 0), cfg)
+        params, new = merge_params(fresh, src_params, t.init_from)
+        say(f"initialised from {t.init_from} (step {src_step}); new parameters: {new or 'none'}")
+        state = par.place_state(create_state(key, cfg, c.optimizer, params=params))
+        return state, 0, None, {"run": str(t.init_from), "step": int(src_step)}
+    return c.init_state(key, cfg), 0, None, None
+
+
+def setup(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False,
+          cache: StepCache | None = None) -> tuple[Setup, TrainState]:
+    """Prepare ``run`` in ``run_dir``: returns the :class:`Setup` and the first state (the state is
+    donated to the first step, so it is handed over separately). ``cache`` supplies compiled steps from
+    earlier runs of the same configuration (None = build them)."""
+    run = C.resolve(run)
+    t, run_dir = run.train, Path(run_dir)
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    check_writable(run_dir)
+    check_config(run_dir, run, say)
+    main = jax.process_index() == 0  # multi-process runs share RUN_DIR: only process 0 writes its files
+    if main:
+        C.save(run, run_dir / "config.json")
+    src_tok = Path(t.init_from) / pipeline.TOKENIZER_FILE if t.init_from else None
+    if src_tok is not None and src_tok.exists() and not (run_dir / pipeline.TOKENIZER_FILE).exists():
+        copy_atomic(src_tok, run_dir / pipeline.TOKENIZER_FILE)
+
+    prep = pipeline.prepare(run, run_dir)
+    say(f"data: {prep.info}")
+    task = make_task(t.task, **pipeline.task_options(run, prep))
+    c = (StepCache() if cache is None else cache).get(task, run)
+    ckpt = Checkpointer(run_dir, keep=t.keep_checkpoints, best_metric=t.best_metric, best_mode=t.best_mode,
+                        async_save=t.async_checkpoint, report=say)
+    try:
+        state, start, resumed_from, initialised_from = _first_state(run, c, ckpt, say)
+    except BaseException:
+        ckpt.close()
+        raise
+
+    cfg, par = run.model, c.par
+    n_params = P.count(par.unreplicate(state).params)
+    seq = next(iter(prep.train.arrays.values())).shape[1] if prep.train.arrays else 1
+    report = par.report()  # how every parameter is sharded: RUN_DIR/sharding.txt, summary and warning here
+    if main:
+        (run_dir / "sharding.txt").write_text(report + "\n")
+    say(f"model: {type(cfg).family} {n_params:,} parameters; {report.splitlines()[0]}")
+    for line in report.splitlines()[1:]:
+        if line.startswith(("parameters:", "WARNING")):
+            say(line)
+    return Setup(
+        run=run, run_dir=run_dir, say=say, quiet=quiet, main=main, prep=prep, task=task, compiled=c,
+        ckpt=ckpt, start=start, resumed_from=resumed_from, initialised_from=initialised_from,
+        flops_per_token=M.flops_per_token(n_params, cfg.n_layers + getattr(cfg, "dec_layers", 0), seq,
+                                          cfg.d_model),
+        peak_flops=(t.peak_flops or M.peak_flops()) * jax.device_count(),
+        tokens_per_step=t.batch_size * seq,
+    ), state
