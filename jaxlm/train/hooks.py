@@ -11,7 +11,7 @@ Hooks run in list order (``on_end`` in reverse). :func:`jaxlm.train.loop.train` 
 :mod:`jaxlm.train.logs` first (so every row is recorded), then the caller's hooks, then :class:`Evaluation`
 and :class:`Checkpointing`: a caller's ``on_step`` sees each step before it is evaluated and saved, and this
 step's evaluation reaches it through ``on_log``. A hook ends the run after the current step by setting
-``loop.stop = True``.
+``loop.stop = True`` (:class:`Checkpointing` then saves that step).
 """
 
 from __future__ import annotations
