@@ -1,6 +1,7 @@
 """Training: configs, state, optimizers, tasks, the pure step, the loop and Orbax checkpoints.
 
-Heavy pieces are imported on use: ``from jaxlm.train import loop, checkpoint``.
+Heavy pieces are imported on use: ``from jaxlm.train import loop, checkpoint`` (the loop is ``setup`` +
+``hooks`` + ``logs``).
 """
 
 from jaxlm.train.config import DataConfig, MeshConfig, RunConfig, TrainConfig

@@ -11,7 +11,7 @@ Hooks run in list order (``on_end`` in reverse). :func:`jaxlm.train.loop.train` 
 :mod:`jaxlm.train.logs` first (so every row is recorded), then the caller's hooks, then :class:`Evaluation`
 and :class:`Checkpointing`: a caller's ``on_step`` sees each step before it is evaluated and saved, and this
 step's evaluation reaches it through ``on_log``. A hook ends the run after the current step by setting
-``loop.stop = True``.
+``loop.stop = True`` (:class:`Checkpointing` then saves that step).
 """
 
 from __future__ import annotations
@@ -215,10 +215,11 @@ class Evaluation(Hook):
 
 
 class Checkpointing(Hook):
-    """Saves the state every ``train.checkpoint_every`` steps, at the last step, and when SIGTERM/SIGINT
-    arrives: the handler only records the signal (``loop.signal``); after the step in progress the state
-    is saved and the loop stops (``loop.interrupted``). A second SIGINT raises KeyboardInterrupt at once.
-    Handlers are installed from the main thread only, and restored at the end."""
+    """Saves the state every ``train.checkpoint_every`` steps, at the last step, at a step after which an
+    earlier hook stops the run (``loop.stop``), and when SIGTERM/SIGINT arrives: the handler only records
+    the signal (``loop.signal``); after the step in progress the state is saved and the loop stops
+    (``loop.interrupted``). A second SIGINT raises KeyboardInterrupt at once. Handlers are installed from
+    the main thread only, and restored at the end."""
 
     def __init__(self) -> None:
         self._old: dict = {}
@@ -238,7 +239,7 @@ class Checkpointing(Hook):
     def on_step(self, loop: Loop) -> None:
         t = loop.setup.run.train
         due = (t.checkpoint_every and loop.step % t.checkpoint_every == 0) or loop.step == t.steps
-        if due or loop.signal:
+        if due or loop.signal or loop.stop:
             with loop.untimed():
                 self.save(loop)
         if loop.signal:

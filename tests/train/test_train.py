@@ -179,6 +179,29 @@ def test_run_directory_outputs_and_eval_command(tiny_run, tmp_path: Path, capsys
     assert again["resumed_from"] == 20 and again["step"] == 20
 
 
+def test_a_caller_hook_sees_steps_and_rows_and_can_stop_the_run(tiny_run, tmp_path: Path, step_cache):
+    from jaxlm.train.hooks import Hook
+
+    class StopAt4(Hook):
+        def __init__(self):
+            self.steps, self.rows, self.finished = [], [], None
+
+        def on_step(self, loop):
+            self.steps.append(loop.step)
+            loop.stop = loop.step == 4
+
+        def on_log(self, loop, row):
+            self.rows.append(row["step"])
+
+        def on_end(self, loop):
+            self.finished = loop.finished
+
+    hook = StopAt4()
+    out = train(tiny_run, tmp_path / "run", quiet=True, hooks=[hook], cache=step_cache)
+    assert hook.steps == [1, 2, 3, 4] and hook.rows == [1, 2, 3, 4] and hook.finished
+    assert out["step"] == 4 and out["last_checkpoint"] == 4 and out["interrupted"] is None
+
+
 def test_bad_input_errors(tiny_run, tmp_path: Path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
