@@ -144,7 +144,7 @@ class Checkpointer:
         self.best_mode = best_mode
         self._report_partial()
         self._pending: list[int] = []  # saves started whose checksum manifest is not written yet
-        self._failed = False  # a save ran out of space (reported once)
+        self._failed = False  # save() raised DiskFull (close() does not raise it again)
         pp = ocp.checkpoint_managers
         policies, best = [pp.LatestN(n=keep)], {}
         if best_metric:
@@ -203,9 +203,17 @@ class Checkpointer:
         """Start saving ``state`` (a plain-layout TrainState) at update ``step`` (async unless disabled).
         Returns False (and saves nothing) when that step is already saved. Raises :class:`DiskFull` when
         this save or the previous (async) one ran out of space."""
-        ocp = _ocp()
         if step in self.manager.all_steps():
             return False
+        try:
+            self._save(step, state, meta, metrics)
+        except DiskFull:
+            self._failed = True
+            raise
+        return True
+
+    def _save(self, step: int, state, meta: dict, metrics: dict | None) -> None:
+        ocp = _ocp()
         self._finish()
         rest = {"opt_state": state.opt_state, "step": state.step, "rng": state.rng}
         metrics = {k: float(v) for k, v in (metrics or {}).items()
@@ -219,13 +227,11 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001 - only a full disk is translated, the rest re-raised
             self._raise_if_full(e)
             raise
-        return True
 
     def _raise_if_full(self, e: BaseException) -> None:
         if not _enospc(e):
             return
         step = self._pending[-1] if self._pending else None
-        self._failed = True
         good = [s for s in self._complete_steps() if s not in self._pending]
         last = (f"the last good checkpoint is step {max(good)} in {self.dir}; free space and rerun the same "
                 f"command to resume from it" if good else "no checkpoint was completed before it")
@@ -252,7 +258,11 @@ class Checkpointer:
         self._pending.clear()
 
     def wait(self) -> None:
-        self._finish()
+        try:
+            self._finish()
+        except DiskFull:
+            self._failed = True
+            raise
 
     def close(self) -> None:
         try:

@@ -2,7 +2,7 @@
 run files, a start that failed before its first step, a finished run asked for fewer steps.
 
 One tiny run is trained once (10 steps, checkpoints at 5 and 10) and each test works on a copy of its run
-directory, so the whole module compiles the train step twice (the second for ``clip_norm=None``)."""
+directory with the same step configuration, so the whole module compiles the train step once."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -97,17 +98,20 @@ def test_changed_optimizer_is_refused_before_anything_is_moved(copy, cache, chan
     assert out["resumed_from"] == 10
 
 
-def test_reset_optimizer_restores_params_only(copy, cache):
+def test_reset_optimizer_restores_params_only(copy, cache, capsys):
     run, d = copy
-    new = with_train(run, clip_norm=None, reset_optimizer=True, steps=12)
-    out = train(new, d, quiet=True, cache=cache)
-    assert out["resumed_from"] == 10 and out["step"] == 12
-    assert on_disk(d) == [5, 10, 12]
-    assert C.load(d / "config.json") == C.resolve(new)
-    assert sorted(losses(d)) == list(range(1, 13))
-    # the next run with the same settings resumes its own checkpoint exactly (no reset needed)
-    out = train(with_train(new, steps=12), d, quiet=True, cache=cache)
-    assert out["resumed_from"] == 12
+    new = with_train(run, clip_norm=None, reset_optimizer=True)
+    s, state = setup(new, d, cache=cache)  # setup only: what is restored, without compiling a new step
+    s.ckpt.close()
+    assert s.resumed_from == 10 and s.start == 10
+    assert "restored the params of checkpoint step 10; the optimizer state" in capsys.readouterr().out
+    saved = P.flatten(_read_params(run, d / "checkpoints", 10))
+    assert all(np.array_equal(np.asarray(v), np.asarray(saved[k])) for k, v in P.flatten(state.params).items())
+    fresh = s.compiled.optimizer.init(state.params)
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in
+               zip(jax.tree_util.tree_leaves(state.opt_state), jax.tree_util.tree_leaves(fresh), strict=True))
+    assert C.load(d / "config.json") == C.resolve(new)  # the next run resumes its own checkpoints
+    assert on_disk(d) == [5, 10] and not (d / CORRUPT).exists()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -196,17 +200,18 @@ class DiskFullAt(Hook):
 
 
 @pytest.mark.parametrize("when", ["save", "async"])
-def test_disk_full_while_saving_names_the_last_good_checkpoint(copy, cache, when):
+def test_disk_full_while_saving_names_the_last_good_checkpoint(copy, base, cache, when):
     run, d = copy
-    longer = with_train(run, steps=20)
+    shutil.rmtree(d / "checkpoints" / "10")
     with pytest.raises(DiskFull) as e:
-        train(longer, d, quiet=True, cache=cache, hooks=[DiskFullAt(15, when)])
-    assert str(e.value) == (f"no space left on device while saving step 15; the last good checkpoint is step 10 "
+        train(run, d, quiet=True, cache=cache, hooks=[DiskFullAt(10, when)])
+    assert str(e.value) == (f"no space left on device while saving step 10; the last good checkpoint is step 5 "
                             f"in {(d / 'checkpoints').absolute()}; free space and rerun the same command to "
                             f"resume from it.")
-    assert on_disk(d) == [5, 10]
-    out = train(with_train(run, steps=15), d, quiet=True, cache=cache)
-    assert out["resumed_from"] == 10 and on_disk(d) == [5, 10, 15]
+    assert on_disk(d) == [5]
+    out = train(run, d, quiet=True, cache=cache)
+    assert out["resumed_from"] == 5 and on_disk(d) == [5, 10]
+    assert losses(d) == losses(base[1])
 
 
 # --------------------------------------------------------------------------------------------------------
