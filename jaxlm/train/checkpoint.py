@@ -232,6 +232,9 @@ class Checkpointer:
         if not _enospc(e):
             return
         step = self._pending[-1] if self._pending else None
+        # TensorStore's failed writes also end as asyncio futures nobody awaits, which asyncio would print
+        # (tracebacks at exit) after the one line this error is reported as
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         good = [s for s in self._complete_steps() if s not in self._pending]
         last = (f"the last good checkpoint is step {max(good)} in {self.dir}; free space and rerun the same "
                 f"command to resume from it" if good else "no checkpoint was completed before it")

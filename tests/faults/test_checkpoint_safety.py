@@ -10,6 +10,7 @@ import dataclasses
 import errno
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import jax
@@ -269,3 +270,30 @@ def test_every_checkpoint_has_a_manifest(base):
     for step in (5, 10):
         m = json.loads((d / "checkpoints" / str(step) / MANIFEST).read_text())["sha256"]
         assert any(k.startswith("params/") for k in m) and any(k.startswith("train/") for k in m)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 560 KiB tmpfs: room for the run files and one checkpoint of the tiny run, not two. Skipped where
+    mounting is not permitted (not root, no CAP_SYS_ADMIN)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=560k", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_real_full_disk_ends_with_one_line_and_keeps_the_last_good_checkpoint(base, small_disk, cache):
+    run, _ = base
+    d = small_disk / "run"
+    with pytest.raises(DiskFull, match=r"^no space left on device while saving step 10; the last good "
+                                       r"checkpoint is step 5 in "):
+        train(run, d, quiet=True, cache=cache)
+    assert on_disk(d) == [5]
+    s, _ = setup(run, d, quiet=True, cache=cache)  # it still resumes from the good one
+    s.ckpt.close()
+    assert s.resumed_from == 5
