@@ -48,10 +48,19 @@ CORRUPT = "checkpoints-corrupt"
 MANIFEST = "jaxlm-sha256.json"
 
 
+def _not_disk_full(record: logging.LogRecord) -> bool:
+    """Drops Orbax's background-thread reports of a full disk: :class:`DiskFull` reports it in one line."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (_enospc(exc) or "No space left on device" in record.getMessage())
+
+
 def _ocp():
     import orbax.checkpoint as ocp
 
-    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax info/warnings are noise here
+    absl = logging.getLogger("absl")
+    absl.setLevel(logging.ERROR)  # orbax info/warnings are noise here
+    if _not_disk_full not in absl.filters:
+        absl.addFilter(_not_disk_full)
     return ocp
 
 
@@ -64,9 +73,9 @@ class StructureMismatch(CheckpointError):
     asked for: the settings changed, the checkpoint is fine. ``part`` is "train" or "params"."""
 
     def __init__(self, step: int, part: str, detail: str):
-        self.step, self.part = step, part
-        super().__init__(f"checkpoint step {step} holds a different {'optimizer state' if part == 'train' else 'model'}"
-                         f" than this run builds ({detail})")
+        self.step, self.part, self.detail = step, part, detail
+        super().__init__(f"checkpoint step {step} holds {'optimizer state' if part == 'train' else 'parameters'} "
+                         f"of another structure than this run's {'optimizer' if part == 'train' else 'model'}")
 
 
 class DiskFull(CheckpointError):
@@ -341,8 +350,8 @@ class Checkpointer:
                 self._quarantine(s, e)
                 continue
             if not verified:
-                self.report(f"checkpoint: step {s} has no checksum manifest (the run stopped right after "
-                            f"saving it); restored without verification.")
+                self.report(f"checkpoint: step {s} has no checksum manifest (saved by an older jaxlm, or the run stopped "
+                            f"right after saving it); restored without verification.")
             tr = out["train"]
             return a.replace(params=out["params"], opt_state=tr["opt_state"], step=tr["step"], rng=tr["rng"]), meta
         return None

@@ -89,7 +89,7 @@ def test_changed_optimizer_is_refused_before_anything_is_moved(copy, cache, chan
         train(with_train(run, **change), d, quiet=True, cache=cache)
     msg = str(e.value)
     key = next(iter(change))
-    assert "different optimizer state" in msg and f"{key}: " in msg, msg
+    assert "holds optimizer state of another structure" in msg and f"{key}: " in msg, msg
     assert "resume with the old train settings" in msg and "new --run-dir" in msg, msg
     assert "train.reset_optimizer=true" in msg and "nothing was moved" in msg, msg
     assert snapshot(d) == before  # no checkpoint moved, config.json and metrics.jsonl untouched
