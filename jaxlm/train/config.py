@@ -67,6 +67,10 @@ class TrainConfig:
     tensorboard: bool = True
     plot: bool = True
     dropout: bool = True  # False trains without dropout (key=None)
+    # resuming from a checkpoint whose optimizer state does not fit this run's optimizer (changed clip_norm,
+    # grad_accum, optimizer, ...): True restores the params and step only and starts the optimizer state
+    # (moments, schedule count) afresh; False refuses with the changed settings named
+    reset_optimizer: bool = False
 
     def __post_init__(self) -> None:
         C.check_choice("train.task", self.task, TASKS)

@@ -14,18 +14,33 @@ import json
 import math
 from pathlib import Path
 
+from jaxlm.fileio import write_text_atomic
 from jaxlm.train.hooks import Hook, Loop
 
 METRICS_FILE = "metrics.jsonl"
 
 
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a metrics file; a line that is not a JSON object (the end of a write cut short by a
+    kill or a full disk) is skipped."""
+    rows = []
+    for ln in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(ln)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 def truncate_metrics(path: Path, upto: int) -> None:
-    """Keep only the log lines of steps <= ``upto`` (a resumed run rewrites what came after)."""
+    """Keep only the rows of steps <= ``upto`` (a resumed run rewrites what came after), dropping any
+    partial line; rewritten atomically, so a kill here leaves the old file."""
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= upto]
-    path.write_text("".join(ln + "\n" for ln in keep))
+    keep = [r for r in read_rows(path) if isinstance(r.get("step", 0), int) and r.get("step", 0) <= upto]
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 class MetricsFile(Hook):
@@ -101,7 +116,7 @@ def plot_losses(metrics_file: Path, out: Path) -> Path | None:
     """Train (and eval) loss against step as a PNG; None when there is nothing to plot."""
     if not metrics_file.exists():
         return None
-    rows = [json.loads(ln) for ln in metrics_file.read_text().splitlines() if ln.strip()]
+    rows = read_rows(metrics_file)
     tr = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     ev = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
     if not tr and not ev:

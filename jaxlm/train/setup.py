@@ -13,12 +13,14 @@ would have, bit for bit.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -30,7 +32,7 @@ from jaxlm.fileio import copy_atomic, private_tmp
 from jaxlm.models import family_of
 from jaxlm.parallel import Parallel
 from jaxlm.train import config as C
-from jaxlm.train.checkpoint import Checkpointer
+from jaxlm.train.checkpoint import Checkpointer, StructureMismatch, saved_steps
 from jaxlm.train.optim import make_optimizer
 from jaxlm.train.state import TrainState, create_state
 from jaxlm.train.step import make_eval_step, make_train_step
@@ -40,7 +42,7 @@ from jaxlm.train.tasks import Task, make_task
 # differ only in these share compiled steps
 LOOP_ONLY = ("log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
              "best_metric", "best_mode", "async_checkpoint", "init_from", "init_step", "peak_flops",
-             "progress", "tensorboard", "plot")
+             "progress", "tensorboard", "plot", "reset_optimizer")
 
 
 @dataclass
@@ -152,26 +154,53 @@ def check_writable(run_dir: Path) -> None:
                           f"--run-dir.") from None
 
 
-def check_config(run_dir: Path, run: C.RunConfig, say: Callable[..., None]) -> None:
+def check_config(run_dir: Path, run: C.RunConfig, say: Callable[..., None]) -> list[str]:
     """Refuse to resume a run directory whose model or data config differs from ``run``'s; report changed
-    train settings."""
+    train settings and return them (``"key: old -> new"``). A directory with no checkpoint has nothing to
+    resume: its old settings (of a start that failed or stopped before the first save) are replaced."""
     f = run_dir / "config.json"
     if not f.exists():
-        return
+        return []
+    fresh = not saved_steps(run_dir)
     try:
         old = C.load(f)
-    except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"{f} cannot be read ({e}); use a new --run-dir.") from e
+    except Exception as e:  # noqa: BLE001 - any damage: a partial write, a hand edit, an older version
+        if not fresh:
+            say(f"{f} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]}); it is rewritten "
+                f"with this run's settings, and the checkpoints are checked against them on restore.")
+        return ["config.json unreadable"]
+    if fresh:
+        if old != run:
+            if old.data != run.data:  # the tokenizer of the earlier start was built from the old data
+                (run_dir / pipeline.TOKENIZER_FILE).unlink(missing_ok=True)
+            say(f"{run_dir} holds no checkpoint: the settings of its earlier start are replaced.")
+        return []
     for section in ("model", "data"):
         if getattr(old, section) != getattr(run, section):
             a, b = C.to_json(old)[section], C.to_json(run)[section]
             diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             raise ConfigError(f"{run_dir} holds a run with a different {section} config (differs in {diff}); "
                               f"resume with the same settings or choose a new --run-dir.")
+    changed = []
     if old.train != run.train:
         a, b = C.to_json(old)["train"], C.to_json(run)["train"]
-        say("resuming with changed train settings: "
-            + ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a) if a.get(k) != b.get(k)))
+        changed = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a) if a.get(k) != b.get(k)]
+        say("resuming with changed train settings: " + ", ".join(changed))
+    return changed
+
+
+def check_tokenizer(run_dir: Path, say: Callable[..., None]) -> None:
+    """A damaged ``tokenizer.json`` (not JSON: a partial copy, a full disk) is moved aside, so that
+    :func:`pipeline.prepare` builds the tokenizer again from the run's data, as the first start did."""
+    f = run_dir / pipeline.TOKENIZER_FILE
+    if not f.is_file():
+        return
+    try:
+        json.loads(f.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        dst = f.with_name(f.name + ".damaged")
+        f.replace(dst)
+        say(f"{f} is damaged ({type(e).__name__}); moved to {dst.name} and built again from the data.")
 
 
 def merge_params(fresh: dict, loaded: dict, source: str) -> tuple[dict, list[str]]:
@@ -198,17 +227,42 @@ def run_params(run_dir: str | Path, step: int | str | None = None) -> tuple[dict
         ck.manager.close()
 
 
-def _first_state(run: C.RunConfig, c: Compiled, ckpt: Checkpointer, say) -> tuple[Any, int, int | None,
-                                                                                   dict | None]:
+def _mismatch_error(e: StructureMismatch, ckpt: Checkpointer, changed: list[str]) -> ConfigError:
+    what = ", ".join(changed) or "none recorded in config.json"
+    fix = ("resume with the old train settings, choose a new --run-dir, or pass train.reset_optimizer=true "
+           "to restore the params only and start the optimizer state afresh" if e.part == "train" else
+           "resume with the old model settings or choose a new --run-dir")
+    return ConfigError(f"cannot resume {ckpt.run_dir}: {e} (changed train settings: {what}); nothing was "
+                       f"moved or changed. To go on: {fix}.")
+
+
+def _first_state(run: C.RunConfig, c: Compiled, ckpt: Checkpointer, say,
+                 changed: list[str] = ()) -> tuple[Any, int, int | None, dict | None]:
     """(state, start step, resumed_from, initialised_from): the newest good checkpoint of this run, else
-    ``train.init_from``'s params, else a fresh state."""
+    ``train.init_from``'s params, else a fresh state. ``changed``: the train settings that differ from
+    the run directory's (:func:`check_config`), named when a checkpoint no longer fits."""
     cfg, t, par = run.model, run.train, c.par
     key = jax.random.key(t.seed)
     plain_like = jax.eval_shape(lambda k: create_state(k, cfg, c.optimizer), key)
-    restored = ckpt.restore(par.abstract_state(plain_like)) if ckpt.steps() else None
+    try:
+        restored = ckpt.restore(par.abstract_state(plain_like), settings_changed=bool(changed)) \
+            if ckpt.steps() else None
+    except StructureMismatch as e:
+        if e.part != "train" or not t.reset_optimizer:
+            raise _mismatch_error(e, ckpt, list(changed)) from None
+        params, start = ckpt.restore_params(par.abstract_state(plain_like).params, step=e.step)
+        if start > t.steps:
+            raise _past_end(ckpt, start, t.steps) from None
+        say(f"train.reset_optimizer: restored the params of checkpoint step {start}; the optimizer state "
+            f"(moments, schedule count) starts afresh.")
+        state = create_state(key, cfg, c.optimizer, params=params)
+        state = par.place_state(state.replace(step=jnp.asarray(start * t.grad_accum, jnp.int32)))
+        return state, start, start, None
     if restored is not None:
         state, meta = restored
         start = int(meta["step"])
+        if start > t.steps:
+            raise _past_end(ckpt, start, t.steps)
         say(f"resuming from checkpoint step {start} in {ckpt.dir}")
         return (par.place_state(state) if par.mode == "pmap" else state), start, start, None
     if t.init_from:
@@ -221,6 +275,12 @@ def _first_state(run: C.RunConfig, c: Compiled, ckpt: Checkpointer, say) -> tupl
     return c.init_state(key, cfg), 0, None, None
 
 
+def _past_end(ckpt: Checkpointer, start: int, steps: int) -> ConfigError:
+    return ConfigError(f"{ckpt.run_dir} is already trained to step {start}, past train.steps={steps}; nothing "
+                       f"to do. Raise train.steps above {start} to train on, evaluate an earlier kept step "
+                       f"with `jaxlm eval --step N`, or choose a new --run-dir.")
+
+
 def setup(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False,
           cache: StepCache | None = None) -> tuple[Setup, TrainState]:
     """Prepare ``run`` in ``run_dir``: returns the :class:`Setup` and the first state (the state is
@@ -230,10 +290,9 @@ def setup(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False,
     t, run_dir = run.train, Path(run_dir)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     check_writable(run_dir)
-    check_config(run_dir, run, say)
+    changed = check_config(run_dir, run, say)
+    check_tokenizer(run_dir, say)
     main = jax.process_index() == 0  # multi-process runs share RUN_DIR: only process 0 writes its files
-    if main:
-        C.save(run, run_dir / "config.json")
     src_tok = Path(t.init_from) / pipeline.TOKENIZER_FILE if t.init_from else None
     if src_tok is not None and src_tok.exists() and not (run_dir / pipeline.TOKENIZER_FILE).exists():
         copy_atomic(src_tok, run_dir / pipeline.TOKENIZER_FILE)
@@ -245,10 +304,12 @@ def setup(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False,
     ckpt = Checkpointer(run_dir, keep=t.keep_checkpoints, best_metric=t.best_metric, best_mode=t.best_mode,
                         async_save=t.async_checkpoint, report=say)
     try:
-        state, start, resumed_from, initialised_from = _first_state(run, c, ckpt, say)
+        state, start, resumed_from, initialised_from = _first_state(run, c, ckpt, say, changed)
     except BaseException:
         ckpt.close()
         raise
+    if main:  # only now: a refused resume leaves the run directory's config.json as it was
+        C.save(run, run_dir / "config.json")
 
     cfg, par = run.model, c.par
     n_params = P.count(par.unreplicate(state).params)

@@ -215,7 +215,8 @@ def test_bad_input_errors(tiny_run, tmp_path: Path):
               tmp_path / "r2", quiet=True)
     with pytest.raises(DataError, match="model.vocab_size=8"):
         train(C.apply_overrides(tiny_run, ["model.vocab_size=8"]), tmp_path / "r3", quiet=True)
-    (tmp_path / "r4").mkdir()
+    # a run that saved a checkpoint (a directory with none takes new settings: tests/faults)
+    (tmp_path / "r4" / "checkpoints" / "5").mkdir(parents=True)
     C.save(C.resolve(tiny_run), tmp_path / "r4" / "config.json")
     with pytest.raises(ConfigError, match="different model config"):
         train(C.apply_overrides(tiny_run, ["model.d_ff=32"]), tmp_path / "r4", quiet=True)
