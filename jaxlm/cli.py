@@ -7,8 +7,10 @@ Each sub-command lives in its own module under :mod:`jaxlm.commands` and is impo
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
+from jaxlm.commands import DEBUG_ENV, run
 from jaxlm.config import closest
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -21,23 +23,27 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: jaxlm COMMAND [args ...]", "", "commands:"]
+    lines = ["usage: jaxlm [--debug] COMMAND [args ...]", "", "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
-    lines.append("\n`jaxlm COMMAND --help` describes a command's arguments.")
+    lines.append("\n`jaxlm COMMAND --help` describes a command's arguments. Errors are one line; --debug (or "
+                 f"{DEBUG_ENV}=1) shows the traceback instead.")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    while argv and argv[0] == "--debug":
+        os.environ[DEBUG_ENV] = "1"  # read by jaxlm.commands.run, also in the command's subprocesses
+        argv = argv[1:]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
     cmd, rest = argv[0], argv[1:]
     if cmd not in COMMANDS:
-        print(f"jaxlm: unknown command {cmd!r}{closest(cmd, COMMANDS)}\n\n{_usage()}", file=sys.stderr)
+        print(f"jaxlm: error: unknown command {cmd!r}{closest(cmd, COMMANDS)}; see jaxlm --help", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[cmd][0])
-    return int(module.main(rest) or 0)
+    # importing a command can fail too (a missing optional dependency): one line as well
+    return run(f"jaxlm {cmd}", lambda: importlib.import_module(COMMANDS[cmd][0]).main(rest), also=(ImportError,))
 
 
 if __name__ == "__main__":

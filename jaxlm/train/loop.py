@@ -87,7 +87,11 @@ def train(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False, hooks: 
     try:
         run_steps(loop)
     finally:
-        s.ckpt.close()
+        try:
+            s.ckpt.close()  # pending saves finish before the next writer may take the directory
+        finally:
+            if s.lock is not None:
+                s.lock.release()
     png = None
     if s.run.train.plot and s.main:
         png = plot_losses(s.run_dir / METRICS_FILE, s.run_dir / "loss.png")
