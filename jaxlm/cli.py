@@ -1,7 +1,9 @@
 """The ``jaxlm`` command line: ``jaxlm models | train | eval | generate | convert``.
 
 Each sub-command lives in its own module under :mod:`jaxlm.commands` and is imported only when used, so
-``jaxlm models`` starts fast and a missing optional dependency affects only its own command.
+``jaxlm models`` starts fast and a missing optional dependency affects only its own command. A user error
+ends any command with one line on stderr and a non-zero exit code (:func:`jaxlm.commands.run`);
+``jaxlm --debug COMMAND ...`` or ``JAXLM_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ import importlib
 import os
 import sys
 
-from jaxlm.commands import DEBUG_ENV, run
 from jaxlm.config import closest
+
+DEBUG_ENV = "JAXLM_DEBUG"  # tracebacks instead of one-line errors; read by jaxlm.commands.debug
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("jaxlm.commands.models", "list every preset with its exact parameter count"),
@@ -42,8 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     if cmd not in COMMANDS:
         print(f"jaxlm: error: unknown command {cmd!r}{closest(cmd, COMMANDS)}; see jaxlm --help", file=sys.stderr)
         return 2
-    # importing a command can fail too (a missing optional dependency): one line as well
-    return run(f"jaxlm {cmd}", lambda: importlib.import_module(COMMANDS[cmd][0]).main(rest), also=(ImportError,))
+    try:
+        module = importlib.import_module(COMMANDS[cmd][0])
+    except ImportError as e:  # a missing optional dependency
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"jaxlm {cmd}: error: {e}", file=sys.stderr)
+        return 1
+    return int(module.main(rest) or 0)  # each command ends its user errors itself (jaxlm.commands.run)
 
 
 if __name__ == "__main__":
