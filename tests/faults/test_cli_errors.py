@@ -20,7 +20,8 @@ from tests.train.conftest import EXPERIMENT, REPO, write_corpus
 
 @pytest.fixture(autouse=True)
 def _no_debug(monkeypatch):
-    monkeypatch.delenv("JAXLM_DEBUG", raising=False)  # and restored after `jaxlm --debug` set it
+    # set (to "off") through monkeypatch, so that the value `jaxlm --debug` sets is undone after the test
+    monkeypatch.setenv("JAXLM_DEBUG", "")
 
 
 @pytest.fixture
