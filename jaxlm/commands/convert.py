@@ -13,12 +13,13 @@ a params directory, a GGUF file, an HF directory) and writes config.json + model
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from jaxlm.commands import Parser, run
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="jaxlm convert", description=__doc__,
+    ap = Parser(prog="jaxlm convert", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-hf", metavar="SRC", help="Hugging Face directory, hub id or .gguf file to import")
@@ -45,27 +46,29 @@ def _check_out(path: str | None, flag: str, force: bool) -> Path:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    # exit code 1 for every error, as before; ImportError: an optional dependency missing; KeyError: a
+    # tensor the checkpoint lacks
+    return run("jaxlm convert", lambda: _convert(args), also=(ImportError, KeyError), code=1)
+
+
+def _convert(args: argparse.Namespace) -> int:
     from jaxlm import params as P
     from jaxlm import pretrained
     from jaxlm.convert import hf, native
 
-    try:
-        if args.to_hf:
-            out = _check_out(args.out, "--out", args.force)
-            loaded = pretrained.load(args.to_hf)
-            hf.save(loaded, out)
-            what = "Hugging Face checkpoint"
-        else:
-            src = args.from_hf or args.from_gguf
-            out = _check_out(args.to, "--to", args.force)
-            if args.from_gguf and not str(src).endswith(".gguf"):
-                raise ValueError(f"--from-gguf {src}: expected a .gguf file.")
-            loaded = pretrained.load(src, dtype=args.dtype)
-            native.save(loaded, out)
-            what = "jaxlm params directory"
-    except (ValueError, FileNotFoundError, ImportError, KeyError) as e:
-        print(f"jaxlm convert: {e}", file=sys.stderr)
-        return 1
+    if args.to_hf:
+        out = _check_out(args.out, "--out", args.force)
+        loaded = pretrained.load(args.to_hf)
+        hf.save(loaded, out)
+        what = "Hugging Face checkpoint"
+    else:
+        src = args.from_hf or args.from_gguf
+        out = _check_out(args.to, "--to", args.force)
+        if args.from_gguf and not str(src).endswith(".gguf"):
+            raise ValueError(f"--from-gguf {src}: expected a .gguf file.")
+        loaded = pretrained.load(src, dtype=args.dtype)
+        native.save(loaded, out)
+        what = "jaxlm params directory"
     name = type(loaded.config).family
     tok = "with" if loaded.tokenizer is not None else "without"
     print(f"wrote {what} {out}: {name}, {P.count(loaded.params):,} parameters, {tok} tokenizer")

@@ -7,10 +7,10 @@ batch settings (e.g. ``data.eval_path=other.txt train.eval_batches=50``); the mo
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
+from pathlib import Path
 
+from jaxlm.commands import Parser, run
 from jaxlm.config import ConfigError
 
 
@@ -21,12 +21,17 @@ def evaluate_run(run_dir: str, overrides: list[str] = (), step: int | str | None
 
     from jaxlm.data import pipeline
     from jaxlm.parallel import Parallel
-    from jaxlm.pretrained import load_run
+    from jaxlm.pretrained import kind, load_run
     from jaxlm.train import config as C
     from jaxlm.train.hooks import evaluate
     from jaxlm.train.step import make_eval_step
     from jaxlm.train.tasks import make_task
 
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist; give the --run-dir of a jaxlm train run.")
+    if (k := kind(run_dir)) != "run":  # kind() also names an empty or truncated config.json
+        raise ConfigError(f"{run_dir} is not a jaxlm run directory (it holds a {k} checkpoint); jaxlm eval "
+                          f"evaluates the runs of jaxlm train.")
     loaded = load_run(run_dir, step=step)
     run = C.apply_overrides(loaded.extra["run"], list(overrides))
     if run.model != loaded.config:
@@ -43,7 +48,7 @@ def evaluate_run(run_dir: str, overrides: list[str] = (), step: int | str | None
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="jaxlm eval", description=__doc__)
+    p = Parser(prog="jaxlm eval", description=__doc__)
     p.add_argument("run_dir", help="a jaxlm run directory")
     p.add_argument("overrides", nargs="*", help="key=value overrides of data.* / train.eval_batches etc.")
     from jaxlm.config import parse_step
@@ -52,14 +57,11 @@ def main(argv: list[str]) -> int:
                    help="checkpoint: a step number, 'best' (by train.best_metric) or 'latest' (default)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
-    from jaxlm.data.text import DataError
-    from jaxlm.train.checkpoint import CheckpointError
+    return run("jaxlm eval", lambda: _eval(args))
 
-    try:
-        out = evaluate_run(args.run_dir, args.overrides, args.step)
-    except (ConfigError, DataError, FileNotFoundError, CheckpointError) as e:
-        print(f"jaxlm eval: error: {e}", file=sys.stderr)
-        return 2
+
+def _eval(args) -> int:
+    out = evaluate_run(args.run_dir, args.overrides, args.step)
     if args.json:
         print(json.dumps(out))
     else:

@@ -16,9 +16,12 @@ import argparse
 import sys
 from typing import Any
 
+from jaxlm.commands import Parser, run
+from jaxlm.config import ConfigError
+
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="jaxlm generate", description=__doc__,
+    ap = Parser(prog="jaxlm generate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("path", help="jaxlm run directory, Hugging Face checkpoint directory or .gguf file")
     src = ap.add_mutually_exclusive_group(required=True)
@@ -48,8 +51,10 @@ class _Printer:
 
     def __init__(self, tok: Any, prefix: str = "", out=None):
         self.tok, self.out, self.ids, self.shown, self.prefix = tok, out or sys.stdout, [], "", prefix
+        self.started = False  # anything written yet
 
     def add(self, token: int | None = None, final: bool = False) -> None:
+        self.started = True
         if self.prefix:  # the prompt, shown once generation has started without an error
             self.out.write(self.prefix)
             self.prefix = ""
@@ -106,31 +111,32 @@ def _encode(args, loaded) -> list[int]:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    return run("jaxlm generate", lambda: _generate(args))
+
+
+def _generate(args: argparse.Namespace) -> int:
     sampling = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p") if getattr(args, k) is not None}
-    err = None
     if args.greedy and sampling:
-        err = f"--greedy takes the most likely token, so {', '.join('--' + k.replace('_', '-') for k in sampling)} " \
-              f"would be ignored: drop one or the other."
-    elif args.beam is not None and (sampling or args.greedy):
-        err = "--beam runs beam search, which does not sample: drop --greedy/--temperature/--top-k/--top-p."
-    if err:
-        print(f"jaxlm generate: error: {err}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"--greedy takes the most likely token, so "
+                          f"{', '.join('--' + k.replace('_', '-') for k in sampling)} would be ignored: drop one "
+                          f"or the other.")
+    if args.beam is not None and (sampling or args.greedy):
+        raise ConfigError("--beam runs beam search, which does not sample: drop --greedy/--temperature/--top-k/"
+                          "--top-p.")
 
     from jaxlm import pretrained
     from jaxlm.generate import beam_search, stream
-    from jaxlm.train.checkpoint import CheckpointError
 
+    if args.step is not None and pretrained.kind(args.path) != "run":
+        raise ValueError(f"--step picks a checkpoint of a jaxlm run directory; {args.path} is not one: "
+                         f"drop --step.")
+    loaded = pretrained.load(args.path, **({"step": args.step} if args.step is not None else {}))
+    ids = _encode(args, loaded)
+    stop = _stop_ids(loaded, args.ignore_eos)
+    # a decoder's continuation follows the prompt, so show the prompt first
+    echo = args.prompt is not None and not args.chat and loaded.family.KIND == "decoder"
+    printer = _Printer(loaded.tokenizer, prefix=args.prompt if echo else "")
     try:
-        if args.step is not None and pretrained.kind(args.path) != "run":
-            raise ValueError(f"--step picks a checkpoint of a jaxlm run directory; {args.path} is not one: "
-                             f"drop --step.")
-        loaded = pretrained.load(args.path, **({"step": args.step} if args.step is not None else {}))
-        ids = _encode(args, loaded)
-        stop = _stop_ids(loaded, args.ignore_eos)
-        # a decoder's continuation follows the prompt, so show the prompt first
-        echo = args.prompt is not None and not args.chat and loaded.family.KIND == "decoder"
-        printer = _Printer(loaded.tokenizer, prefix=args.prompt if echo else "")
         if args.beam is not None:
             out = beam_search(loaded.params, loaded.config, [ids], beam_size=args.beam,
                               max_new_tokens=args.max_new_tokens, length_penalty=args.length_penalty,
@@ -143,8 +149,9 @@ def main(argv: list[str]) -> int:
                             **({"temperature": 1.0} | sampling)):
                 printer.add(t)
         printer.add(final=True)
-    except (ValueError, FileNotFoundError, CheckpointError) as e:
-        print(f"\njaxlm generate: error: {e}", file=sys.stderr)
-        return 2
+    except BaseException:
+        if printer.started:  # end the streamed line, so the error is a line of its own in a terminal
+            print(flush=True)
+        raise
     print()
     return 0

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-
+from jaxlm.commands import Parser
 from jaxlm.models import REGISTRY
 from jaxlm.params import count
 
@@ -22,6 +21,6 @@ def table() -> str:
 
 
 def main(argv: list[str]) -> int:
-    argparse.ArgumentParser(prog="jaxlm models", description=__doc__).parse_args(argv)
+    Parser(prog="jaxlm models", description=__doc__).parse_args(argv)
     print(table())
     return 0

@@ -217,9 +217,14 @@ class Evaluation(Hook):
 class Checkpointing(Hook):
     """Saves the state every ``train.checkpoint_every`` steps, at the last step, at a step after which an
     earlier hook stops the run (``loop.stop``), and when SIGTERM/SIGINT arrives: the handler only records
-    the signal (``loop.signal``); after the step in progress the state is saved and the loop stops
-    (``loop.interrupted``). A second SIGINT raises KeyboardInterrupt at once. Handlers are installed from
-    the main thread only, and restored at the end."""
+    the signal (``loop.signal``); after the step in progress the state is saved, the save is waited for,
+    and the loop stops (``loop.interrupted``). A second SIGINT raises KeyboardInterrupt at once. Handlers
+    are installed from the main thread only, and restored at the end.
+
+    The signal is looked at after this step's regular save (whose metrics fetch and save may be where it
+    landed), and the stop reports only what is on disk: "saved checkpoint step N" once step N's directory
+    exists after the save finished, otherwise that step N was not written, why, and the last good
+    checkpoint."""
 
     def __init__(self) -> None:
         self._old: dict = {}
@@ -239,13 +244,37 @@ class Checkpointing(Hook):
     def on_step(self, loop: Loop) -> None:
         t = loop.setup.run.train
         due = (t.checkpoint_every and loop.step % t.checkpoint_every == 0) or loop.step == t.steps
-        if due or loop.signal or loop.stop:
+        if (due or loop.stop) and not loop.signal:
             with loop.untimed():
                 self.save(loop)
-        if loop.signal:
-            loop.interrupted, loop.stop = loop.signal, True
-            loop.setup.say(f"{loop.signal} received: saved checkpoint step {loop.step}; rerun the same "
-                           f"command to resume.")
+        if loop.signal:  # read again: it may have arrived during the save above
+            self.stop(loop)
+
+    def stop(self, loop: Loop) -> None:
+        """End the run after a signal: save this step (unless saved already), wait until it is written,
+        and report what is on disk."""
+        s, step, sig = loop.setup, loop.step, loop.signal
+        loop.interrupted, loop.stop = sig, True
+        why = None
+        try:
+            with loop.untimed():  # the fetch checks this step's loss: a NaN state is never saved
+                self.save(loop)
+            s.ckpt.wait()
+        except TrainingError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure means the step was not written; say so and stop
+            why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+        saved = why is None and (s.ckpt.dir / str(step)).is_dir()
+        on_disk = [int(p.name) for p in s.ckpt.dir.iterdir() if p.name.isdigit()] if s.ckpt.dir.is_dir() else []
+        loop.last_checkpoint = max(on_disk, default=None)
+        if saved:
+            s.say(f"{sig} received: saved checkpoint step {step} in {s.ckpt.dir}; rerun the same command to "
+                  f"resume.")
+            return
+        last = ("there is none: rerunning starts over" if loop.last_checkpoint is None else
+                f"step {loop.last_checkpoint}: rerunning the same command resumes from it")
+        s.say(f"{sig} received: checkpoint step {step} was NOT written ({why or 'it is not on disk'}); the "
+              f"last good checkpoint is {last}.")
 
     def save(self, loop: Loop) -> None:
         """Save the current state with its data position, last train loss and this step's eval metrics

@@ -83,14 +83,18 @@ def train(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False, hooks: 
     configuration again reuses its compiled steps (None = compile afresh).
     """
     s, state = setup(run, run_dir, quiet=quiet, cache=cache)
-    loop = Loop(s, state, [*log_hooks(s), *hooks, Evaluation(), Checkpointing()])
-    try:
-        run_steps(loop)
+    try:  # the run directory stays locked until its last file is written
+        try:
+            loop = Loop(s, state, [*log_hooks(s), *hooks, Evaluation(), Checkpointing()])
+            run_steps(loop)
+        finally:
+            s.ckpt.close()  # waits for pending saves
+        png = None
+        if s.run.train.plot and s.main:
+            png = plot_losses(s.run_dir / METRICS_FILE, s.run_dir / "loss.png")
     finally:
-        s.ckpt.close()
-    png = None
-    if s.run.train.plot and s.main:
-        png = plot_losses(s.run_dir / METRICS_FILE, s.run_dir / "loss.png")
+        if s.lock is not None:
+            s.lock.release()
     return {"step": loop.step, "loss": loop.last.get("loss"), "last_eval": loop.last_eval,
             "first_eval": loop.first_eval, "interrupted": loop.interrupted, "resumed_from": s.resumed_from,
             "initialised_from": s.initialised_from, "run_dir": str(s.run_dir), "info": s.prep.info,

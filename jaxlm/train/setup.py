@@ -28,11 +28,11 @@ from jaxlm import metrics as M
 from jaxlm import params as P
 from jaxlm.config import ConfigError, parse_step
 from jaxlm.data import pipeline
-from jaxlm.fileio import copy_atomic, private_tmp
+from jaxlm.fileio import RunDirLocked, RunLock, copy_atomic, private_tmp
 from jaxlm.models import family_of
 from jaxlm.parallel import Parallel
 from jaxlm.train import config as C
-from jaxlm.train.checkpoint import Checkpointer, StructureMismatch, saved_steps
+from jaxlm.train.checkpoint import CHECKPOINTS, Checkpointer, StructureMismatch, saved_steps
 from jaxlm.train.optim import make_optimizer
 from jaxlm.train.state import TrainState, create_state
 from jaxlm.train.step import make_eval_step, make_train_step
@@ -134,6 +134,7 @@ class Setup:
     flops_per_token: float
     peak_flops: float  # of all devices together
     tokens_per_step: int
+    lock: RunLock | None = None  # the run directory's writer lock (process 0); released when training ends
 
     @property
     def par(self) -> Parallel:
@@ -141,17 +142,25 @@ class Setup:
 
 
 def check_writable(run_dir: Path) -> None:
-    """Create ``run_dir`` and check that files can be written there (ConfigError naming the fix if not)."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        # one probe per process: the processes of a multi-process run share run_dir, and one removing a
-        # shared probe while another still writes it made the check fail at random
-        probe = private_tmp(run_dir / ".write-test")
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"run directory {run_dir} is not writable ({e.strerror}); choose another "
-                          f"--run-dir.") from None
+    """Create ``run_dir`` and check that files can be written there and in its ``checkpoints/`` (when it
+    exists): ConfigError naming the fix if not. Checked up front because Orbax meets a read-only
+    checkpoints directory only at the first save, and then retries for minutes before failing."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} is a file; give a directory.")
+    for d in (run_dir, run_dir / CHECKPOINTS):
+        if d != run_dir and not d.is_dir():
+            continue
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            # one probe per process: the processes of a multi-process run share run_dir, and one removing a
+            # shared probe while another still writes it made the check fail at random
+            probe = private_tmp(d / ".write-test")
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            what = "run directory" if d == run_dir else "checkpoint directory"
+            raise ConfigError(f"{what} {d} is not writable ({e.strerror}); make it writable or choose another "
+                              f"--run-dir.") from None
 
 
 def check_config(run_dir: Path, run: C.RunConfig, say: Callable[..., None]) -> list[str]:
@@ -285,7 +294,29 @@ def setup(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False,
           cache: StepCache | None = None) -> tuple[Setup, TrainState]:
     """Prepare ``run`` in ``run_dir``: returns the :class:`Setup` and the first state (the state is
     donated to the first step, so it is handed over separately). ``cache`` supplies compiled steps from
-    earlier runs of the same configuration (None = build them)."""
+    earlier runs of the same configuration (None = build them).
+
+    Takes the run directory's writer lock first (:class:`jaxlm.fileio.RunLock`; process 0 only, so the
+    processes of one multi-process job share the directory): a second writer fails at once with a
+    ConfigError naming the holder, before it writes anything. ``Setup.lock`` is released by the caller
+    (:func:`jaxlm.train.loop.train`) when training ends, or here when setup fails."""
+    check_writable(Path(run_dir))
+    try:
+        lock = RunLock(run_dir) if jax.process_index() == 0 else None
+    except RunDirLocked as e:
+        raise ConfigError(str(e)) from None
+    try:
+        s, state = _setup(run, run_dir, quiet=quiet, cache=cache)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    s.lock = lock
+    return s, state
+
+
+def _setup(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False,
+           cache: StepCache | None = None) -> tuple[Setup, TrainState]:
     run = C.resolve(run)
     t, run_dir = run.train, Path(run_dir)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
