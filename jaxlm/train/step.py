@@ -10,7 +10,7 @@ import optax
 from jax import lax
 
 from jaxlm.train.state import TrainState
-from jaxlm.train.tasks import count_bad_ids
+from jaxlm.train.tasks import TOKEN_KEYS, count_bad_ids
 
 SUM_KEYS = ("loss", "nll", "correct", "weight")
 
@@ -39,6 +39,9 @@ def make_train_step(task, model_cfg, optimizer: optax.GradientTransformation, *,
     a non-zero count (:meth:`jaxlm.train.hooks.Loop.flush`); ``benchmarks/validation_cost.py`` measures the
     count's cost.
     """
+
+    # tasks without token inputs (custom losses over other arrays) have nothing to check
+    check_ids = check_ids and model_cfg is not None and bool(TOKEN_KEYS.get(getattr(task, "name", None)))
 
     def objective(params, batch, key):
         sums = task(params, batch, key, model_cfg, True)
