@@ -143,11 +143,18 @@ class ModelConfig:
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0 or math.isinf(v):
                 raise ConfigError(f"{name}.{f}={v!r} must be positive and finite (the default is "
                                   f"{defaults[f]!r}).")
-        for f in ("dropout", "attn_dropout", "ffn_dropout"):
+        # every family's dropout rates (classifier_dropout may be None: "same as dropout") and token ids
+        # (pad_id, bos_id, eos_id, ...), wherever the family declares them
+        for f in (f.name for f in dataclasses.fields(self)):
             v = getattr(self, f)
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 <= v < 1.0:
+            if f.endswith("dropout") and v is not None and (
+                    isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 <= v < 1.0):
                 raise ConfigError(f"{name}.{f}={v!r} must be in [0, 1) (the probability of dropping a unit; "
                                   f"0 = off).")
+            if f.endswith("_id") and f != "pad_id" and v is not None and (
+                    isinstance(v, bool) or not isinstance(v, numbers.Integral) or not 0 <= v < self.vocab_size):
+                raise ConfigError(f"{name}.{f}={v!r} must be an integer in [0, vocab_size={self.vocab_size}) "
+                                  f"(the tokenizer's id of that special token).")
         check_choice(f"{name}.activation", self.activation, ffn.ALL)
         check_choice(f"{name}.norm", self.norm, norms.NORMS)
         check_choice(f"{name}.norm_position", self.norm_position, ("pre", "post"))

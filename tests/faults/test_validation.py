@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from jaxlm.config import ConfigError
-from jaxlm.models import gpt2
+from jaxlm.models import FAMILIES, gpt2
 from jaxlm.nn import embed
 from jaxlm.train import config as C
 from jaxlm.train import tasks
@@ -88,10 +88,22 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("override,message", BAD, ids=[b[0] for b in BAD])
-def test_every_bad_value_is_one_config_error_naming_key_value_and_fix(override: str, message: str):
+# fields only some families have: (preset, override, message)
+FAMILY_BAD = [
+    ("bert-tiny", "model.classifier_dropout=1.5", "bert.Config.classifier_dropout=1.5 must be in [0, 1)"),
+    ("bert-tiny", "model.type_vocab_size=0", "bert.Config.type_vocab_size=0 must be >= 1"),
+    ("bert-tiny", "model.num_labels=0", "bert.Config.num_labels=0 must be >= 1"),
+    ("transformer-tiny", "model.bos_id=-1", "transformer.Config.bos_id=-1 must be an integer in [0, vocab_size=512)"),
+    ("transformer-tiny", "model.eos_id=512", "transformer.Config.eos_id=512 must be an integer in [0, vocab_size="),
+    ("transformer-tiny", "model.n_dec_layers=0", "transformer.Config.n_dec_layers=0 must be positive"),
+]
+
+
+@pytest.mark.parametrize("preset,override,message", [("llama-tiny", o, m) for o, m in BAD] + FAMILY_BAD,
+                         ids=[o for o, _ in BAD] + [f"{p}:{o}" for p, o, _ in FAMILY_BAD])
+def test_every_bad_value_is_one_config_error_naming_key_value_and_fix(preset: str, override: str, message: str):
     with pytest.raises(ConfigError) as e:
-        C.apply_overrides(BASE, [override])
+        C.apply_overrides(BASE, [f"model.preset={preset}", override])
     text = str(e.value)
     assert message in text and "\n" not in text
 
@@ -103,11 +115,11 @@ def _numeric_fields(cls) -> list[str]:
 
 def test_the_table_covers_every_numeric_field():
     """A numeric setting added later without a row here (and its validation) fails this test."""
-    covered = {o.split("=")[0] for o, _ in BAD}
+    covered = {o.split("=")[0] for o, _ in BAD} | {o.split("=")[0] for _, o, _ in FAMILY_BAD}
     fields = {f"train.{f}" for f in _numeric_fields(C.TrainConfig)} | \
         {f"data.{f}" for f in _numeric_fields(C.DataConfig)} | \
         {f"mesh.{f}" for f in _numeric_fields(C.MeshConfig)} | \
-        {f"model.{f}" for f in _numeric_fields(type(BASE.model)) if f not in type(BASE.model).unused}
+        {f"model.{f}" for fam in FAMILIES.values() for f in _numeric_fields(fam.Config) if f not in fam.Config.unused}
     assert fields - covered == set()
 
 
