@@ -8,6 +8,11 @@ checkpoint directory or a GGUF file, streaming tokens to the terminal as they ar
 Sampling is the model's distribution (temperature 1) unless ``--greedy`` or ``--temperature/--top-k/--top-p``
 say otherwise; ``--seed`` makes it reproducible; ``--beam N`` runs beam search instead (printed when done).
 Generation ends at the model's end-of-sequence token(s) or after ``--max-new-tokens``.
+
+Model and tokenizer are checked against each other: a tokenizer with more ids than the model's vocab_size
+is refused; a model with more ids than its tokenizer samples only the tokenizer's ids (the others decode to
+nothing). Prompt characters the tokenizer does not know (a char-level run's tokenizer maps them to
+``<unk>``) are named in one warning on stderr.
 """
 
 from __future__ import annotations
