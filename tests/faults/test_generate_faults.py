@@ -56,13 +56,13 @@ def test_bad_beam_arguments_are_one_clear_error(params, kw: dict, message: str):
 
 def test_vocab_limit_restricts_sampling_greedy_and_beams_to_the_tokenizers_ids(params):
     prompts = [[1, 2, 3], [4, 5]]
-    free = generate(params, CFG, prompts, max_new_tokens=20, seed=0)
+    free = generate(params, CFG, prompts, max_new_tokens=12, seed=0)
     # a random model samples all over its 64 ids: without the limit, ids the tokenizer lacks come out
     assert max(max(t) for t in free.tokens) >= 15
     for kw in (dict(seed=0), dict(greedy=True)):
-        out = generate(params, CFG, prompts, max_new_tokens=20, vocab_limit=15, **kw)
-        assert all(len(t) == 20 and max(t) < 15 for t in out.tokens), kw
-    beams = beam_search(params, CFG, prompts, beam_size=3, max_new_tokens=6, vocab_limit=15)
+        out = generate(params, CFG, prompts, max_new_tokens=12, vocab_limit=15, **kw)
+        assert all(len(t) == 12 and max(t) < 15 for t in out.tokens), kw
+    beams = beam_search(params, CFG, prompts, beam_size=2, max_new_tokens=4, vocab_limit=15)
     assert all(max(t) < 15 for b in beams.beams for t in b)
 
 
@@ -104,7 +104,7 @@ def test_cli_warns_once_about_unknown_prompt_characters_and_samples_only_tokeniz
     assert len(shown) == 12 and max(shown) < 15  # the model's ids 15..63 decode to nothing: never sampled
 
     shown.clear()
-    assert gen_cmd.main(["run", "--prompt", "the cat", "--max-new-tokens", "4", "--ignore-eos"]) == 0
+    assert gen_cmd.main(["run", "--prompt", "the cat", "--max-new-tokens", "12", "--ignore-eos"]) == 0
     assert capsys.readouterr().err == ""
 
 

@@ -205,8 +205,8 @@ def test_training_stops_on_out_of_range_ids_naming_the_step_and_keeps_checkpoint
     corpus = write_corpus(tmp_path / "corpus.txt", n_words=1500)
     exp = tmp_path / "tiny.py"
     exp.write_text(EXPERIMENT.format(path=str(corpus)))
-    run = C.apply_overrides(C.load_experiment(exp), ["train.steps=6", "train.checkpoint_every=1",
-                                                     "train.async_checkpoint=false"])
+    run = C.apply_overrides(C.load_experiment(exp), ["train.steps=4", "train.checkpoint_every=1",
+                                                     "train.async_checkpoint=false", "data.eval_fraction=0"])
     run_dir = tmp_path / "run"
     with pytest.raises(TrainingError) as e:
         train(run, run_dir, quiet=True, hooks=[CorruptIdsAfter(2)])
