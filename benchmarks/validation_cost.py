@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, checked in (("with check", True), ("without check", False)):
         state = create_state(0, cfg, opt)
         compiled, secs = _compile(cfg, opt, checked, state, batch)
+        print(f"compiled {name} in {secs:.1f} s", file=sys.stderr, flush=True)
         variants[name] = {"step": compiled, "state": state, "compile_s": secs, "times": [], "loss": None,
                           "flops": _flops(compiled)}
     # the check is really there: a bad id in the batch is counted by the checked step only
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                 per_round[name] = statistics.median(times)
         if r:
             round_ratios.append(per_round["with check"] / per_round["without check"])
+            print(f"round {r}: " + ", ".join(f"{n} {t * 1e3:.1f} ms" for n, t in per_round.items())
+                  + f", ratio {round_ratios[-1]:.4f}", file=sys.stderr, flush=True)
     wall = time.perf_counter() - t_start
     load1 = os.getloadavg()
 
