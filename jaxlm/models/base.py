@@ -153,8 +153,8 @@ class ModelConfig:
                                   f"0 = off).")
             if f.endswith("_id") and f != "pad_id" and v is not None and (
                     isinstance(v, bool) or not isinstance(v, numbers.Integral) or not 0 <= v < self.vocab_size):
-                raise ConfigError(f"{name}.{f}={v!r} must be an integer in [0, vocab_size={self.vocab_size}) "
-                                  f"(the tokenizer's id of that special token).")
+                raise ConfigError(f"{name}.{f}={v!r} must be in [0, vocab_size={self.vocab_size}): an integer, "
+                                  f"the tokenizer's id of that special token.")
         check_choice(f"{name}.activation", self.activation, ffn.ALL)
         check_choice(f"{name}.norm", self.norm, norms.NORMS)
         check_choice(f"{name}.norm_position", self.norm_position, ("pre", "post"))
@@ -170,8 +170,8 @@ class ModelConfig:
             raise ConfigError(f"{name}: sinusoidal positions need an even d_model, got {self.d_model}.")
         pad = self.pad_id
         if isinstance(pad, bool) or not isinstance(pad, numbers.Integral) or not 0 <= pad < self.vocab_size:
-            raise ConfigError(f"{name}.pad_id={pad!r} must be an integer in [0, vocab_size={self.vocab_size}) "
-                              f"(the tokenizer's <pad> id, usually 0).")
+            raise ConfigError(f"{name}.pad_id={pad!r} must be in [0, vocab_size={self.vocab_size}): an integer, "
+                              f"the tokenizer's <pad> id (usually 0).")
 
     @property
     def jnp_dtype(self):

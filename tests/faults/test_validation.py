@@ -84,7 +84,7 @@ BAD = [
     ("model.norm_eps=0", "llama.Config.norm_eps=0.0 must be positive and finite (the default is"),
     ("model.rope_theta=inf", "llama.Config.rope_theta=inf must be positive and finite"),
     ("model.init_std=-0.02", "llama.Config.init_std=-0.02 must be positive and finite"),
-    ("model.pad_id=-1", "llama.Config.pad_id=-1 must be an integer in [0, vocab_size="),
+    ("model.pad_id=-1", "llama.Config.pad_id=-1 must be in [0, vocab_size="),
 ]
 
 
@@ -93,8 +93,8 @@ FAMILY_BAD = [
     ("bert-tiny", "model.classifier_dropout=1.5", "bert.Config.classifier_dropout=1.5 must be in [0, 1)"),
     ("bert-tiny", "model.type_vocab_size=0", "bert.Config.type_vocab_size=0 must be >= 1"),
     ("bert-tiny", "model.num_labels=0", "bert.Config.num_labels=0 must be >= 1"),
-    ("transformer-tiny", "model.bos_id=-1", "transformer.Config.bos_id=-1 must be an integer in [0, vocab_size=512)"),
-    ("transformer-tiny", "model.eos_id=512", "transformer.Config.eos_id=512 must be an integer in [0, vocab_size="),
+    ("transformer-tiny", "model.bos_id=-1", "transformer.Config.bos_id=-1 must be in [0, vocab_size=512): an integer"),
+    ("transformer-tiny", "model.eos_id=512", "transformer.Config.eos_id=512 must be in [0, vocab_size="),
     ("transformer-tiny", "model.n_dec_layers=0", "transformer.Config.n_dec_layers=0 must be positive"),
 ]
 
