@@ -8,6 +8,11 @@ checkpoint directory or a GGUF file, streaming tokens to the terminal as they ar
 Sampling is the model's distribution (temperature 1) unless ``--greedy`` or ``--temperature/--top-k/--top-p``
 say otherwise; ``--seed`` makes it reproducible; ``--beam N`` runs beam search instead (printed when done).
 Generation ends at the model's end-of-sequence token(s) or after ``--max-new-tokens``.
+
+Model and tokenizer are checked against each other: a tokenizer with more ids than the model's vocab_size
+is refused; a model with more ids than its tokenizer samples only the tokenizer's ids (the others decode to
+nothing). Prompt characters the tokenizer does not know (a char-level run's tokenizer maps them to
+``<unk>``) are named in one warning on stderr.
 """
 
 from __future__ import annotations
@@ -109,6 +114,30 @@ def _encode(args, loaded) -> list[int]:
     return tok.encode(text, add_special_tokens=special).ids
 
 
+def _vocab_limit(args, loaded) -> int | None:
+    """Check the model against its tokenizer and warn once about prompt characters the tokenizer does not
+    know. A tokenizer with more ids than the model's vocab_size belongs to another model: refused. A model
+    with more ids than its tokenizer (a padded table, or a run whose preset vocab_size exceeds its char
+    tokenizer) is restricted to the tokenizer's ids: the others decode to nothing. Returns that limit."""
+    from jaxlm.data import text
+
+    tok, vocab = loaded.tokenizer, loaded.config.vocab_size
+    if tok is None:
+        return None
+    n = text.id_bound(tok)
+    if n > vocab:
+        raise ValueError(f"the tokenizer of {args.path} has {n} ids but the model's vocab_size is {vocab}: they "
+                         f"do not belong together; use the tokenizer the model was trained with.")
+    if args.prompt is not None:
+        unknown = text.unknown_chars(tok, args.prompt)
+        if unknown:
+            print(f"jaxlm generate: warning: the tokenizer does not know {', '.join(map(repr, unknown))} in the "
+                  f"prompt; {'it becomes' if len(unknown) == 1 else 'they become'} the unknown token (the model "
+                  f"never saw {'it' if len(unknown) == 1 else 'them'} in training): rephrase the prompt without "
+                  f"{'it' if len(unknown) == 1 else 'them'} for a faithful continuation.", file=sys.stderr)
+    return n
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     return run("jaxlm generate", lambda: _generate(args))
@@ -132,6 +161,7 @@ def _generate(args: argparse.Namespace) -> int:
                          f"drop --step.")
     loaded = pretrained.load(args.path, **({"step": args.step} if args.step is not None else {}))
     ids = _encode(args, loaded)
+    limit = _vocab_limit(args, loaded)
     stop = _stop_ids(loaded, args.ignore_eos)
     # a decoder's continuation follows the prompt, so show the prompt first
     echo = args.prompt is not None and not args.chat and loaded.family.KIND == "decoder"
@@ -140,12 +170,12 @@ def _generate(args: argparse.Namespace) -> int:
         if args.beam is not None:
             out = beam_search(loaded.params, loaded.config, [ids], beam_size=args.beam,
                               max_new_tokens=args.max_new_tokens, length_penalty=args.length_penalty,
-                              stop_tokens=stop)
+                              stop_tokens=stop, vocab_limit=limit)
             for t in out.tokens[0]:
                 printer.add(t)
         else:
             for t in stream(loaded.params, loaded.config, ids, max_new_tokens=args.max_new_tokens,
-                            greedy=args.greedy, stop_tokens=stop, seed=args.seed,
+                            greedy=args.greedy, stop_tokens=stop, seed=args.seed, vocab_limit=limit,
                             **({"temperature": 1.0} | sampling)):
                 printer.add(t)
         printer.add(final=True)

@@ -233,3 +233,25 @@ def check_vocab(tok, vocab_size: int, where: str = "model.vocab_size") -> None:
     if n > vocab_size:
         raise DataError(f"the tokenizer has {n} tokens but {where}={vocab_size}: ids would fall outside the "
                         f"embedding table; set {where}={n} (or larger) or use a smaller tokenizer.")
+
+
+def id_bound(tok) -> int:
+    """One past the largest id ``tok`` produces or decodes (added tokens included): a model whose
+    vocab_size is larger has ids this tokenizer cannot turn into text."""
+    return max(tok.get_vocab(with_added_tokens=True).values(), default=-1) + 1
+
+
+def unknown_chars(tok, text: str) -> list[str]:
+    """The distinct pieces of ``text`` that ``tok`` encodes as its unknown token, in order of appearance
+    (e.g. characters a char-level tokenizer never saw in training); empty for tokenizers without an unknown
+    token (byte-level BPE encodes everything)."""
+    unk = special_ids(tok)["unk"]
+    if unk is None:
+        return []
+    enc = tok.encode(text, add_special_tokens=False)
+    out: list[str] = []
+    for i, (a, b) in zip(enc.ids, enc.offsets):
+        piece = text[a:b]
+        if i == unk and piece != tok.id_to_token(unk) and piece not in out:
+            out.append(piece)
+    return out

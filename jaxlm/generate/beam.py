@@ -19,6 +19,7 @@ Prefill, the loop (``lax.while_loop``) and the per-step beam reordering of the K
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlm.generate import inputs, kv_decode
+from jaxlm.generate import inputs, kv_decode, sampling
 
 _NEG = -1e9  # log-probability of an empty / impossible beam (finite: -inf - -inf would give NaN)
 
@@ -53,7 +54,8 @@ def length_penalty(length: jax.Array | int, alpha: jax.Array | float) -> jax.Arr
     return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
 
-def _run(params, layers, tokens, lengths, alpha, stop_arr, *, cfg, W, N, cache_len, early_stop=True):
+def _run(params, layers, tokens, lengths, alpha, stop_arr, *, cfg, W, N, cache_len, early_stop=True,
+         vocab_limit=None):
     B, V = tokens.shape[0], cfg.vocab_size
     logits, cache, ctx = kv_decode.prefill(params, cfg, tokens, lengths, cache_len)
     cache, ctx = kv_decode.repeat(cache, ctx, W)  # [B] -> [B * W]: every beam starts from the prompt
@@ -62,7 +64,8 @@ def _run(params, layers, tokens, lengths, alpha, stop_arr, *, cfg, W, N, cache_l
 
     def body(s):
         i = s["i"]
-        lp = jax.nn.log_softmax(s["logits"].astype(jnp.float32), axis=-1).reshape(B, W, V)
+        logits = sampling.restrict(s["logits"].astype(jnp.float32), vocab_limit)
+        lp = jax.nn.log_softmax(logits, axis=-1).reshape(B, W, V)
         cand = s["alive_lp"][:, :, None] + lp  # [B, W, V]
         top_lp, top_idx = jax.lax.top_k(cand.reshape(B, W * V), min(2 * W, W * V))  # [B, 2W]
         origin, tok = top_idx // V, top_idx % V
@@ -114,8 +117,9 @@ def _run(params, layers, tokens, lengths, alpha, stop_arr, *, cfg, W, N, cache_l
 
 # compiled programs memoised per static configuration, as jax.jit's own cache is: they hold no data
 @functools.lru_cache(maxsize=32)
-def _compiled(cfg, W: int, N: int, cache_len: int, early_stop: bool = True):
-    return jax.jit(functools.partial(_run, cfg=cfg, W=W, N=N, cache_len=cache_len, early_stop=early_stop))
+def _compiled(cfg, W: int, N: int, cache_len: int, early_stop: bool = True, vocab_limit: int | None = None):
+    return jax.jit(functools.partial(_run, cfg=cfg, W=W, N=N, cache_len=cache_len, early_stop=early_stop,
+                                     vocab_limit=vocab_limit))
 
 
 def beam_search(
@@ -130,6 +134,7 @@ def beam_search(
     stop_tokens: Sequence[int] | int = (),
     max_len: int | None = None,
     layers: list | None = None,
+    vocab_limit: int | None = None,
     _early_stop: bool = True,
 ) -> BeamOutput:
     """Beam search over ``beam_size`` beams per prompt; see the module docstring for the score.
@@ -137,18 +142,20 @@ def beam_search(
     ``prompts`` as in :func:`jaxlm.generate.generate` (source sentences for the encoder-decoder, where
     ``cfg.eos_id`` always ends a hypothesis). ``eos_id`` / ``stop_tokens`` end hypotheses of decoders (none
     by default: every hypothesis then has ``max_new_tokens`` tokens). ``length_penalty`` is GNMT's alpha
-    (0.6 in the GNMT paper). ``layers`` as in :func:`jaxlm.generate.generate`. Returns a
-    :class:`BeamOutput`.
+    (0.6 in the GNMT paper). ``layers`` and ``vocab_limit`` as in :func:`jaxlm.generate.generate`. Returns
+    a :class:`BeamOutput`.
     """
     if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
         raise ValueError(f"beam_size={beam_size!r} must be a positive integer (1 = greedy search).")
-    if not isinstance(length_penalty, int | float) or isinstance(length_penalty, bool) or length_penalty < 0:
+    if not isinstance(length_penalty, int | float) or isinstance(length_penalty, bool) \
+            or not 0 <= length_penalty < math.inf:
         raise ValueError(f"length_penalty={length_penalty!r} must be a number >= 0 (GNMT alpha; 0 = none, "
                          f"0.6 in the GNMT paper).")
     batch = inputs.prepare(prompts, cfg, max_new_tokens)
     stop = inputs.stop_ids(cfg, stop_tokens, eos_id)
     S = inputs.cache_len(batch, cfg, max_new_tokens, max_len)
-    run = _compiled(cfg, int(beam_size), int(max_new_tokens), S, _early_stop)
+    run = _compiled(cfg, int(beam_size), int(max_new_tokens), S, _early_stop,
+                    sampling.check_vocab_limit(cfg, vocab_limit))
     if layers is None:
         layers = kv_decode.split_layers(params, cfg)
     res = run(params, layers, jnp.asarray(batch.tokens), jnp.asarray(batch.lengths),

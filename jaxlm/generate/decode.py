@@ -93,9 +93,12 @@ def _compiled(cfg, sampler: sampling.Sampler, n_new: int, cache_len: int, return
     return jax.jit(run), jax.jit(init), jax.jit(body, donate_argnums=2)
 
 
-def _setup(params, cfg, prompts, max_new_tokens, temperature, top_k, top_p, greedy, stop_tokens, max_len):
+def _setup(params, cfg, prompts, max_new_tokens, temperature, top_k, top_p, greedy, stop_tokens, max_len, seed,
+           vocab_limit):
     batch = inputs.prepare(prompts, cfg, max_new_tokens)
-    sampler = sampling.make(cfg, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy)
+    sampler = sampling.make(cfg, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+                            vocab_limit=vocab_limit)
+    inputs.check_seed(seed)
     stop = inputs.stop_ids(cfg, stop_tokens)
     S = inputs.cache_len(batch, cfg, max_new_tokens, max_len)
     dyn = (jnp.float32(temperature if temperature else 1.0), jnp.float32(1.0 if top_p is None else top_p))
@@ -117,6 +120,7 @@ def generate(
     max_len: int | None = None,
     return_logits: bool = False,
     layers: list | None = None,
+    vocab_limit: int | None = None,
 ) -> GenerateOutput:
     """Generate up to ``max_new_tokens`` tokens for every prompt with a KV cache, in one ``jax.jit``.
 
@@ -130,10 +134,12 @@ def generate(
     mass ``top_p``. ``seed`` makes sampling reproducible. A row ends at any id in ``stop_tokens``.
     ``max_len`` (cache slots) may be raised above what the prompt needs so different prompt lengths reuse one
     compiled program. ``layers``: :func:`jaxlm.generate.kv_decode.split_layers` of ``params``, to reuse
-    across calls (made on each call when None). Returns a :class:`GenerateOutput`.
+    across calls (made on each call when None). ``vocab_limit``: sample only ids below it (give the
+    tokenizer's number of ids when the model's vocab_size is larger: the extra ids decode to nothing).
+    Returns a :class:`GenerateOutput`.
     """
     batch, sampler, stop, S, (temp, tp) = _setup(params, cfg, prompts, max_new_tokens, temperature, top_k,
-                                                 top_p, greedy, stop_tokens, max_len)
+                                                 top_p, greedy, stop_tokens, max_len, seed, vocab_limit)
     run, *_ = _compiled(cfg, sampler, int(max_new_tokens), S, bool(return_logits))
     if layers is None:
         layers = kv_decode.split_layers(params, cfg)
@@ -168,6 +174,7 @@ def stream(
     seed: int = 0,
     max_len: int | None = None,
     layers: list | None = None,
+    vocab_limit: int | None = None,
 ) -> Iterator[int]:
     """Yield the new token ids of one ``prompt`` (a list of ids) as they are produced; stops before a stop
     token (not yielded) or after ``max_new_tokens``. Uses the same prefill and step functions as
@@ -179,7 +186,7 @@ def stream(
                              f"use generate() for a batch.")
         prompt = arr.tolist()
     batch, sampler, stop, S, (temp, tp) = _setup(params, cfg, [list(prompt)], max_new_tokens, temperature,
-                                                 top_k, top_p, greedy, stop_tokens, max_len)
+                                                 top_k, top_p, greedy, stop_tokens, max_len, seed, vocab_limit)
     _, init, body = _compiled(cfg, sampler, int(max_new_tokens), S, False)
     if layers is None:  # per-layer weights, split outside the per-token step
         layers = kv_decode.split_layers(params, cfg)

@@ -131,6 +131,11 @@ def prepare(prompts, cfg, max_new_tokens: int) -> Batch:
     return Batch(tokens, lengths, left_padded=not encdec)
 
 
+def check_seed(seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed={seed!r} must be an integer >= 0 (e.g. 0).")
+
+
 def stop_ids(cfg, stop_tokens: Iterable[int] | int | None, eos_id: int | None = None) -> tuple[int, ...]:
     """The set of ids that end a sequence: ``stop_tokens`` (+ ``eos_id``); for the encoder-decoder
     ``cfg.eos_id`` always stops. Returns a sorted tuple (hashable, so jit caches on it)."""

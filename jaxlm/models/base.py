@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, ClassVar
@@ -136,12 +138,23 @@ class ModelConfig:
             raise ConfigError(f"{name}.d_head={self.d_head!r} must be a positive integer (or None for "
                               f"d_model // n_heads).")
         for f in ("norm_eps", "rope_theta", "init_std"):
-            if not getattr(self, f) > 0:
-                raise ConfigError(f"{name}.{f}={getattr(self, f)!r} must be positive.")
-        for f in ("dropout", "attn_dropout", "ffn_dropout"):
             v = getattr(self, f)
-            if not 0.0 <= v < 1.0:
-                raise ConfigError(f"{name}.{f}={v} must be in [0, 1).")
+            # `not v > 0` also rejects NaN; inf is rejected separately (it makes every output NaN)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0 or math.isinf(v):
+                raise ConfigError(f"{name}.{f}={v!r} must be positive and finite (the default is "
+                                  f"{defaults[f]!r}).")
+        # every family's dropout rates (classifier_dropout may be None: "same as dropout") and token ids
+        # (pad_id, bos_id, eos_id, ...), wherever the family declares them
+        for f in (f.name for f in dataclasses.fields(self)):
+            v = getattr(self, f)
+            if f.endswith("dropout") and v is not None and (
+                    isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0.0 <= v < 1.0):
+                raise ConfigError(f"{name}.{f}={v!r} must be in [0, 1) (the probability of dropping a unit; "
+                                  f"0 = off).")
+            if f.endswith("_id") and f != "pad_id" and v is not None and (
+                    isinstance(v, bool) or not isinstance(v, numbers.Integral) or not 0 <= v < self.vocab_size):
+                raise ConfigError(f"{name}.{f}={v!r} must be in [0, vocab_size={self.vocab_size}): an integer, "
+                                  f"the tokenizer's id of that special token.")
         check_choice(f"{name}.activation", self.activation, ffn.ALL)
         check_choice(f"{name}.norm", self.norm, norms.NORMS)
         check_choice(f"{name}.norm_position", self.norm_position, ("pre", "post"))
@@ -155,8 +168,10 @@ class ModelConfig:
             raise ConfigError(f"{name}: RoPE needs an even head_dim, got {self.head_dim}.")
         if self.pos_emb == "sinusoidal" and self.d_model % 2:
             raise ConfigError(f"{name}: sinusoidal positions need an even d_model, got {self.d_model}.")
-        if not 0 <= self.pad_id < self.vocab_size:
-            raise ConfigError(f"{name}.pad_id={self.pad_id} must be in [0, vocab_size={self.vocab_size}).")
+        pad = self.pad_id
+        if isinstance(pad, bool) or not isinstance(pad, numbers.Integral) or not 0 <= pad < self.vocab_size:
+            raise ConfigError(f"{name}.pad_id={pad!r} must be in [0, vocab_size={self.vocab_size}): an integer, "
+                              f"the tokenizer's <pad> id (usually 0).")
 
     @property
     def jnp_dtype(self):

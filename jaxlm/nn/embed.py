@@ -28,7 +28,8 @@ def unembed_spec(d_model: int, vocab_size: int, *, std: float = 0.02, dtype="flo
 
 def check_tokens(tokens, vocab_size: int, what: str = "token ids", fix: str | None = None) -> None:
     """Raise a ValueError when concrete ``tokens`` fall outside ``[0, vocab_size)``; tracers pass through
-    (values are unknown under jit: entry points that take user data call this before jitting). ``fix``
+    (values are unknown under jit: entry points that take user data call this before jitting; under jit
+    :func:`apply` embeds such ids as zeros and :func:`count_out_of_range` counts them). ``fix``
     replaces the default advice (which is about tokenizers and ``vocab_size``)."""
     if isinstance(tokens, jax.core.Tracer):
         return
@@ -45,11 +46,25 @@ def check_tokens(tokens, vocab_size: int, what: str = "token ids", fix: str | No
         raise ValueError(f"{what} contain {bad}, outside [0, {vocab_size}): {fix}.")
 
 
+def count_out_of_range(tokens: jax.Array, vocab_size: int) -> jax.Array:
+    """The number of ``tokens`` outside ``[0, vocab_size)``, as an int32 scalar; traceable, so a jitted
+    step can report what :func:`check_tokens` cannot see under jit."""
+    return jnp.sum((tokens < 0) | (tokens >= vocab_size), dtype=jnp.int32)
+
+
 def apply(p: dict, tokens: jax.Array, dtype=jnp.float32, scale: float | None = None) -> jax.Array:
-    """Look up ``tokens`` [B, T] -> [B, T, D], optionally multiplied by ``scale`` (the paper's sqrt(d))."""
+    """Look up ``tokens`` [B, T] -> [B, T, D], optionally multiplied by ``scale`` (the paper's sqrt(d)).
+
+    An id outside ``[0, V)`` (which :func:`check_tokens` rejects for concrete arrays, but a traced one cannot
+    be checked) embeds as a zero vector: never NaN, and a negative id never wraps around to the end of the
+    table. The train step counts such ids (:func:`count_out_of_range`) and the training loop stops on them.
+    """
+    table = sharding.gathered(p["tokens"], TOKENS_AXES)
     # an FSDP-sharded table is gathered first (see sharding.gathered): a lookup into it otherwise
-    # makes XLA replicate the whole activation
-    x = jnp.take(sharding.gathered(p["tokens"], TOKENS_AXES), tokens, axis=0).astype(dtype)
+    # makes XLA replicate the whole activation. Negative ids are sent to V, past the end, because
+    # jnp.take wraps them around even with mode="fill".
+    tokens = jnp.where(tokens < 0, table.shape[0], tokens)
+    x = jnp.take(table, tokens, axis=0, mode="fill", fill_value=0).astype(dtype)
     return x * scale if scale is not None else x
 
 

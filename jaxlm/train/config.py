@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import math
+import numbers
 from argparse import ArgumentTypeError
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,21 @@ from jaxlm.models import FAMILIES, base, family_of, get
 TASKS = base.TASKS  # the training tasks a family may declare
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "linear", "noam")
+
+
+def _check_number(key: str, v: Any, ok: bool, domain: str, fix: str) -> None:
+    """Raise a ConfigError naming ``key``, its value, the domain and the fix unless ``ok`` (a NaN or inf
+    fails every domain: the comparisons are made by the caller with :func:`_finite`)."""
+    if not ok:
+        raise C.ConfigError(f"{key}={v!r} must be {domain}; {fix}.")
+
+
+def _integer(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,18 +94,45 @@ class TrainConfig:
         C.check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
         C.check_choice("train.schedule", self.schedule, SCHEDULES)
         C.check_choice("train.best_mode", self.best_mode, ("min", "max"))
-        C.check_positive(self, "steps", "batch_size", "grad_accum", "lr", "log_every", "eval_batches",
-                         "keep_checkpoints")
-        for f in ("warmup_steps", "eval_every", "checkpoint_every"):
-            if getattr(self, f) < 0:
-                raise C.ConfigError(f"train.{f}={getattr(self, f)} must be >= 0.")
+        n = _check_number
+        for f, example in (("steps", 1000), ("batch_size", 16), ("grad_accum", 1), ("log_every", 10),
+                           ("eval_batches", 20), ("keep_checkpoints", 3)):
+            v = getattr(self, f)
+            n(f"train.{f}", v, _integer(v) and v > 0, "a positive integer", f"e.g. train.{f}={example}")
+        for f, example in (("warmup_steps", 100), ("eval_every", 200), ("checkpoint_every", 500)):
+            v = getattr(self, f)
+            n(f"train.{f}", v, _integer(v) and v >= 0, "an integer >= 0", f"e.g. train.{f}={example}"
+              + ("" if f == "warmup_steps" else " (0 = only at the end)"))
+        n("train.seed", self.seed, _integer(self.seed) and self.seed >= 0, "an integer >= 0",
+          "pick any non-negative seed (e.g. 0)")
+        n("train.lr", self.lr, _finite(self.lr) and self.lr > 0, "a finite number > 0", "e.g. train.lr=3e-4")
+        n("train.min_lr_ratio", self.min_lr_ratio, _finite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1,
+          "in [0, 1]", "it is the final learning rate as a fraction of train.lr (e.g. 0.1)")
+        for f in ("b1", "b2"):
+            v = getattr(self, f)
+            n(f"train.{f}", v, _finite(v) and 0 <= v < 1, "in [0, 1)", "Adam's decay rates are e.g. b1=0.9, "
+              "b2=0.999")
+        n("train.eps", self.eps, _finite(self.eps) and self.eps > 0, "a finite number > 0", "e.g. train.eps=1e-8")
+        n("train.weight_decay", self.weight_decay, _finite(self.weight_decay) and self.weight_decay >= 0,
+          "a finite number >= 0", "0 turns weight decay off (e.g. 0.01)")
+        # 0 and None both mean no clipping (optim skips a falsy clip_norm); a negative norm would flip the sign
+        # of every update
+        n("train.clip_norm", self.clip_norm, self.clip_norm is None
+          or (_finite(self.clip_norm) and self.clip_norm >= 0), "a finite number > 0, or none / 0 for no "
+          "clipping", "e.g. train.clip_norm=1.0")
+        n("train.z_loss", self.z_loss, _finite(self.z_loss) and self.z_loss >= 0, "a finite number >= 0",
+          "0 turns the z-loss off (PaLM uses 1e-4)")
+        n("train.peak_flops", self.peak_flops, self.peak_flops is None
+          or (_finite(self.peak_flops) and self.peak_flops > 0), "a finite number > 0 or none",
+          "give the device's peak FLOP/s (e.g. 9.9e14) or none to look it up")
         if self.batch_size % self.grad_accum:
             raise C.ConfigError(f"train.batch_size={self.batch_size} is not divisible by train.grad_accum="
                                 f"{self.grad_accum}; each update splits the batch into grad_accum micro-batches.")
         if not 0 <= self.label_smoothing < 1:
-            raise C.ConfigError(f"train.label_smoothing={self.label_smoothing} must be in [0, 1).")
+            raise C.ConfigError(f"train.label_smoothing={self.label_smoothing} must be in [0, 1) (e.g. 0.1; "
+                                f"0 = off).")
         if not 0 < self.mlm_prob < 1:
-            raise C.ConfigError(f"train.mlm_prob={self.mlm_prob} must be in (0, 1).")
+            raise C.ConfigError(f"train.mlm_prob={self.mlm_prob} must be in (0, 1) (BERT masks 0.15).")
         try:
             parse_step(self.init_step)
         except ArgumentTypeError:
@@ -126,9 +170,14 @@ class DataConfig:
     def __post_init__(self) -> None:
         C.check_choice("data.format", self.format, ("auto", "text", "json", "csv", "tsv", "parquet", "hub"))
         C.check_choice("data.sample_by", self.sample_by, ("document", "paragraph", "line"))
-        C.check_positive(self, "seq_len", "target_len", "vocab_size", "max_examples", "max_eval_examples")
         if not 0 <= self.eval_fraction < 1:
-            raise C.ConfigError(f"data.eval_fraction={self.eval_fraction} must be in [0, 1).")
+            raise C.ConfigError(f"data.eval_fraction={self.eval_fraction} must be in [0, 1) (e.g. 0.05; 0 = no "
+                                f"eval split unless data.eval_path is set).")
+        for f, example in (("seq_len", 128), ("target_len", 128), ("vocab_size", 8192), ("max_examples", 1000),
+                           ("max_eval_examples", 100)):
+            v = getattr(self, f)
+            _check_number(f"data.{f}", v, (v is None and f != "seq_len") or (_integer(v) and v > 0),
+                          "a positive integer" + ("" if f == "seq_len" else " or none"), f"e.g. data.{f}={example}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,8 +193,8 @@ class MeshConfig:
         C.check_choice("mesh.parallel", self.parallel, ("jit", "pmap"))
         for f in ("data", "fsdp", "tensor"):
             v = getattr(self, f)
-            if v != -1 and v < 1:
-                raise C.ConfigError(f"mesh.{f}={v} must be >= 1 (or -1: use the remaining devices).")
+            if not _integer(v) or (v != -1 and v < 1):
+                raise C.ConfigError(f"mesh.{f}={v!r} must be an integer >= 1 (or -1: use the remaining devices).")
 
 
 @dataclass(frozen=True, kw_only=True)

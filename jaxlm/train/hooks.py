@@ -129,6 +129,15 @@ class Loop:
             rate = self._timed_steps * s.tokens_per_step / (now - self._t0)
         for (step, _), ms in zip(self._pending, host):
             mean = _mean_metrics(ms)
+            # ids outside the vocabulary cannot raise inside the jitted step: it counts them (step.py)
+            bad = sum(int(np.max(m["bad_ids"])) for m in ms if "bad_ids" in m)
+            if bad:
+                raise TrainingError(
+                    f"{bad} token ids outside [0, model.vocab_size={s.run.model.vocab_size}) in the batch of step "
+                    f"{step}: training stopped; the last good checkpoint is "
+                    f"{'none' if self.last_checkpoint is None else f'step {self.last_checkpoint}'}, not replaced. "
+                    f"The data was tokenized with another tokenizer: re-tokenize it with the run's tokenizer or "
+                    f"raise model.vocab_size.")
             if not math.isfinite(mean["loss"]) or not math.isfinite(mean["grad_norm"]):
                 saved = "none (nothing saved)" if self.last_checkpoint is None else \
                     f"step {self.last_checkpoint} in {s.ckpt.dir}"

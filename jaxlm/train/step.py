@@ -10,6 +10,7 @@ import optax
 from jax import lax
 
 from jaxlm.train.state import TrainState
+from jaxlm.train.tasks import TOKEN_KEYS, count_bad_ids
 
 SUM_KEYS = ("loss", "nll", "correct", "weight")
 
@@ -23,7 +24,8 @@ def summarize(sums: dict) -> dict:
 
 
 def make_train_step(task, model_cfg, optimizer: optax.GradientTransformation, *,
-                    grad_axis_name: str | None = None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    grad_axis_name: str | None = None,
+                    check_ids: bool = True) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """``step(state, batch) -> (state, metrics)``: one gradient step, pure and un-jitted.
 
     The objective is the weighted mean loss ``sum(loss) / sum(weight)``. With ``grad_axis_name`` (the step
@@ -31,8 +33,15 @@ def make_train_step(task, model_cfg, optimizer: optax.GradientTransformation, *,
     gradients ``psum``-ed after, which equals the gradient of the global-batch mean (i.e. ``pmean`` of
     per-device gradients when every device holds the same number of tokens); the metrics are the global
     means and totals, identical on every device. Each device's dropout key also folds in its axis index.
-    Metrics: ``loss``, ``nll``, ``accuracy``, ``tokens``, ``grad_norm``.
+    Metrics: ``loss``, ``nll``, ``accuracy``, ``tokens``, ``grad_norm``, and with ``check_ids`` (the default)
+    ``bad_ids``: how many token ids of the batch fall outside ``[0, vocab_size)``. Under jit they cannot
+    raise (the embedding looks them up as zeros, a target gives a NaN loss), so the training loop raises on
+    a non-zero count (:meth:`jaxlm.train.hooks.Loop.flush`); ``benchmarks/validation_cost.py`` measures the
+    count's cost.
     """
+
+    # tasks without token inputs (custom losses over other arrays) have nothing to check
+    check_ids = check_ids and model_cfg is not None and bool(TOKEN_KEYS.get(getattr(task, "name", None)))
 
     def objective(params, batch, key):
         sums = task(params, batch, key, model_cfg, True)
@@ -50,6 +59,9 @@ def make_train_step(task, model_cfg, optimizer: optax.GradientTransformation, *,
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = summarize(sums) | {"grad_norm": optax.tree.norm(grads)}
+        if check_ids:
+            bad = count_bad_ids(task, batch, model_cfg.vocab_size)
+            metrics["bad_ids"] = bad if grad_axis_name is None else lax.psum(bad, grad_axis_name)
         return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
     return step

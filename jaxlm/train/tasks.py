@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jaxlm import losses
 from jaxlm.config import ConfigError, closest
 from jaxlm.models import family_of
-from jaxlm.nn import xent
+from jaxlm.nn import embed, xent
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,19 @@ def _span(task: Task, params, batch, key, cfg, train):
 
 TASKS: dict[str, Callable] = {"causal_lm": _causal_lm, "mlm": _mlm, "seq2seq": _seq2seq,
                               "classification": _classification, "span": _span}
+
+# the batch entries of each task that hold token ids (looked up in the embedding table or used as targets)
+TOKEN_KEYS: dict[str, tuple[str, ...]] = {"causal_lm": ("inputs", "targets"), "mlm": ("tokens",),
+                                          "seq2seq": ("src", "tgt_in", "tgt_out"), "classification": ("tokens",),
+                                          "span": ("tokens",)}
+
+
+def count_bad_ids(task: Task, batch: dict, vocab_size: int) -> jax.Array:
+    """The number of token ids of ``batch`` (its :data:`TOKEN_KEYS` entries) outside ``[0, vocab_size)``:
+    an int32 scalar, traceable. Under jit such ids cannot raise; the train step reports this count and the
+    training loop stops on it."""
+    keys = [k for k in TOKEN_KEYS.get(getattr(task, "name", None), ()) if k in batch]
+    return sum((embed.count_out_of_range(batch[k], vocab_size) for k in keys), jnp.zeros((), jnp.int32))
 
 
 def make_task(name: str, *, fused: bool = False, **options) -> Task:

@@ -10,6 +10,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from jaxlm import pretrained
 from jaxlm.commands import generate as cli
 from jaxlm.convert import hf
+from jaxlm.data import text
 from jaxlm.generate import beam_search, stream
 from jaxlm.models import get
 
@@ -43,16 +44,21 @@ def _run(capsys, argv):
 def test_cli_streams_what_generate_returns(hf_dir, loaded, capsys):
     ids = loaded.tokenizer.encode(PROMPT).ids
     tok = loaded.tokenizer
+    # the model has 512 ids, its tokenizer 300: the CLI samples only the tokenizer's ids
+    limit = text.id_bound(tok)
+    assert limit < loaded.config.vocab_size
     # the CLI streams; stream == generate is tested in tests/test_generate.py
-    greedy = list(stream(loaded.params, loaded.config, ids, max_new_tokens=8, greedy=True))
+    greedy = list(stream(loaded.params, loaded.config, ids, max_new_tokens=8, greedy=True, vocab_limit=limit))
     rc, out, err = _run(capsys, [str(hf_dir), "--prompt", PROMPT, "--greedy", "--max-new-tokens", "8"])
     assert rc == 0, err
     assert out == PROMPT + tok.decode(greedy) + "\n"
-    sampled = list(stream(loaded.params, loaded.config, ids, max_new_tokens=8, temperature=0.7, top_k=20, seed=5))
+    sampled = list(stream(loaded.params, loaded.config, ids, max_new_tokens=8, temperature=0.7, top_k=20, seed=5,
+                          vocab_limit=limit))
     rc, out, _ = _run(capsys, [str(hf_dir), "--prompt", PROMPT, "--temperature", "0.7", "--top-k", "20",
                                "--seed", "5", "--max-new-tokens", "8"])
     assert rc == 0 and out == PROMPT + tok.decode(sampled) + "\n"
-    beam = beam_search(loaded.params, loaded.config, [ids], beam_size=2, max_new_tokens=4).tokens[0]
+    beam = beam_search(loaded.params, loaded.config, [ids], beam_size=2, max_new_tokens=4,
+                       vocab_limit=limit).tokens[0]
     rc, out, _ = _run(capsys, [str(hf_dir), "--prompt-ids", ",".join(map(str, ids)), "--beam", "2",
                                "--max-new-tokens", "4"])
     assert rc == 0 and out == tok.decode(beam) + "\n"
