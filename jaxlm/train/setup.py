@@ -13,6 +13,7 @@ would have, bit for bit.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -158,6 +159,8 @@ def check_writable(run_dir: Path) -> None:
             probe.write_text("ok")
             probe.unlink()
         except OSError as e:
+            if e.errno == errno.ENOSPC:  # space, not permission: a save says so in one line, and a resume
+                continue  # may still read the last good checkpoint (Orbax then clears its partial save)
             what = "run directory" if d == run_dir else "checkpoint directory"
             raise ConfigError(f"{what} {d} is not writable ({e.strerror}); make it writable or choose another "
                               f"--run-dir.") from None
