@@ -323,7 +323,6 @@ def _setup(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False,
     run = C.resolve(run)
     t, run_dir = run.train, Path(run_dir)
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    check_writable(run_dir)
     changed = check_config(run_dir, run, say)
     check_tokenizer(run_dir, say)
     main = jax.process_index() == 0  # multi-process runs share RUN_DIR: only process 0 writes its files
