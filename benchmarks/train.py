@@ -2,6 +2,8 @@
 
 jaxlm runs the step ``jaxlm train`` runs: ``train.tasks.Task("causal_lm").loss`` -> ``train.step.make_train_step``
 -> ``parallel.Parallel.compile`` (one ``jax.jit``, state donated), AdamW from ``train.optim.make_optimizer``.
+A plain-JAX row (``plain-jax``, benchmarks/jax_gpt.py: stacked weights, ``lax.scan``,
+``jax.nn.dot_product_attention``, ``optax.adamw``) shows what jaxlm's layers cost over JAX written by hand.
 Peers: Hugging Face ``GPT2LMHeadModel`` (random init from a ``GPT2Config``, no download; eager) and the plain
 PyTorch GPT of ``benchmarks/torch_gpt.py`` (eager and ``torch.compile``), ``torch.optim.AdamW``.
 Same model on every side: GPT-2 architecture, 6 layers, 6 heads, d_model 384, d_ff 1536, vocab 8192 (or
@@ -27,6 +29,7 @@ throughput of a jitted 4096 x 4096 @ 4096 x 4096 ``jnp.dot`` measured in its own
     python benchmarks/train.py --impls jaxlm jaxlm:attn_impl=flash ...   # levers, one by one
     python benchmarks/train.py --depth                 # compile time vs depth, scan vs unrolled
     python benchmarks/train.py --memory                # peak RSS at 24 layers, remat on/off
+    python benchmarks/train.py --xent-memory --batch 16 --seq 1024   # compiled memory, plain vs fused xent
 
 An implementation name ``jaxlm:k=v,k=v`` overrides model-config fields (``attn_impl``, ``remat``,
 ``scan_layers``, ``n_layers``) for that run. Results are printed as a markdown table with the command that
@@ -194,6 +197,32 @@ def build_torch(args, which: str):
     return run, box, {}
 
 
+def build_plain_jax(args):
+    """(run, box, info) for the minimal GPT of benchmarks/jax_gpt.py: what jaxlm's layers cost over plain JAX."""
+    import jax
+
+    sys.path.insert(0, str(HERE))
+    import jax_gpt
+
+    L = args.layers or MODEL["n_layers"]
+    params = jax_gpt.init(jax.random.key(0), args.vocab, args.seq, MODEL["d_model"], MODEL["n_heads"], L,
+                          MODEL["d_ff"])
+    opt, step = jax_gpt.make_step(MODEL["n_heads"], LR, WD)
+    x, y = (jax.numpy.asarray(a) for a in _batch(args))
+    box = {"params": params, "opt": opt.init(params)}
+    t0 = time.perf_counter()
+    fn = step.lower(box["params"], box["opt"], x, y).compile()
+    compile_s = time.perf_counter() - t0
+    ma = fn.memory_analysis()
+    analysis = {"temp_mb": ma.temp_size_in_bytes / 2**20, "args_mb": ma.argument_size_in_bytes / 2**20}
+
+    def run():
+        box["params"], box["opt"], loss = fn(box["params"], box["opt"], x, y)
+        box["loss"] = float(loss)
+
+    return run, box, {"compile_s": compile_s, "analysis": analysis}
+
+
 def worker_torch(args, which: str) -> dict:
     import torch
 
@@ -220,6 +249,8 @@ def worker_paired(args) -> dict:
         t0 = time.perf_counter()
         if impl.startswith("jaxlm"):
             runners[impl] = build_jaxlm(args, _jaxlm_overrides(impl, args))
+        elif impl == "plain-jax":
+            runners[impl] = build_plain_jax(args)
         else:
             runners[impl] = build_torch(args, impl)
         run = runners[impl][0]
@@ -265,6 +296,10 @@ def worker(args) -> dict:
         out = worker_paired(args)
     elif impl.startswith("jaxlm"):
         out = worker_jaxlm(args, _jaxlm_overrides(impl, args))
+    elif impl == "plain-jax":
+        run, box, info = build_plain_jax(args)
+        out = _time_steps(run, args)
+        out.update(loss=box["loss"], **info)
     else:
         out = worker_torch(args, impl)
     out.update(impl=impl, rss_mb=_rss_mb())
@@ -345,7 +380,7 @@ def format_speed(args, times: dict, peak: float | None, info: dict, loss: dict, 
     tok = args.batch * args.seq
     med = {i: tok / statistics.median(t) for i, t in times.items()}
     impls = list(times)
-    peers = [i for i in impls if not i.startswith("jaxlm")]
+    peers = [i for i in impls if not i.startswith("jaxlm") and i != "plain-jax"]
     ref = max(peers, key=lambda i: med[i]) if peers else impls[0]  # no peers (levers): vs the first
     peak_s = "not measured" if peak is None else f"**{peak:.0f} GFLOP/s**"
     vs = "fastest PyTorch" if peers else ref
@@ -432,6 +467,29 @@ def analysis_table(args) -> str:
     return "\n".join(lines)
 
 
+def _mb(v: float | None) -> str:
+    return "failed" if v is None else f"{v:,.0f}"
+
+
+def xent_memory_table(args) -> str:
+    """Compiled temporary memory of the whole train step, plain vs fused cross-entropy, across vocab sizes,
+    against the size of one float32 [tokens, vocab] logits array (XLA's memory analysis: no step is run)."""
+    tok = args.batch * args.seq
+    lines = ["| vocab | one f32 [tokens, vocab] array (MB) | plain: step temporaries (MB) | "
+             "fused: step temporaries (MB) | fused / plain |", "|---:|---:|---:|---:|---:|"]
+    for vocab in args.vocabs:
+        a = argparse.Namespace(**{**vars(args), "vocab": vocab})
+        temps = {}
+        for impl in ("jaxlm", "jaxlm:xent=fused"):
+            res = spawn(impl, a, steps=0, warmup=1, layers=args.layers)
+            temps[impl] = res.get("analysis", {}).get("temp_mb")
+            print(f"  xent memory vocab {vocab} {impl}: {temps[impl]} {res.get('error', '')}", file=sys.stderr)
+        p, f = temps["jaxlm"], temps["jaxlm:xent=fused"]
+        ratio = "-" if p is None or f is None else f"{f / p:.2f}"
+        lines.append(f"| {vocab:,} | {tok * vocab * 4 / 2**20:,.0f} | {_mb(p)} | {_mb(f)} | {ratio} |")
+    return "\n".join(lines)
+
+
 def memory_table(args) -> str:
     lines = [f"| model ({args.memory_layers} layers) | remat | peak RSS (MB) | XLA temp buffers of the step (MB) | "
              "step (s) |",
@@ -452,7 +510,7 @@ def memory_table(args) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--impls", nargs="+", default=["jaxlm", "hf", "torch", "torch-compile"])
+    ap.add_argument("--impls", nargs="+", default=["jaxlm", "plain-jax", "hf", "torch", "torch-compile"])
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8)
@@ -465,6 +523,9 @@ def main(argv=None) -> int:
     ap.add_argument("--depths", type=int, nargs="+", default=[6, 24, 48])
     ap.add_argument("--memory", action="store_true", help="peak RSS at --memory-layers for --impls")
     ap.add_argument("--memory-layers", type=int, default=24)
+    ap.add_argument("--xent-memory", action="store_true",
+                    help="compiled step temporaries, plain vs fused cross-entropy, at --vocabs")
+    ap.add_argument("--vocabs", type=int, nargs="+", default=[50257, 131072, 262144])
     ap.add_argument("--analysis", action="store_true", help="XLA memory/cost analysis of jaxlm --impls")
     ap.add_argument("--timeout", type=int, default=1500, help="seconds per subprocess")
     ap.add_argument("--log", help="append the workers' progress (stderr) to this file")
@@ -485,6 +546,8 @@ def main(argv=None) -> int:
         table = memory_table(args)
     elif args.analysis:
         table = analysis_table(args)
+    elif args.xent_memory:
+        table = xent_memory_table(args)
     else:
         table = speed_table(args)
     print(table)
