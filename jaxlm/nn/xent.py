@@ -2,7 +2,8 @@
 stored for the backward pass.
 
 ``loss_t = logsumexp_v(h_t . w_v) - h_t . w_{y_t}``, computed in blocks of ``block`` tokens. The forward pass
-keeps only the per-token log-sum-exp; the backward pass recomputes each block's logits and applies
+keeps only the per-token log-sum-exp; the backward pass recomputes each block's logits (both passes are a
+``lax.scan`` over token blocks, so one block's logits are live at a time) and applies
 ``dlogits = (softmax - onehot(y)) * weight * dloss``, ``dh = dlogits W``, ``dW = dlogits^T h``.
 
 Why: the plain path (``logits = h @ E^T`` then :func:`jaxlm.losses.cross_entropy`) writes float32 logits of
@@ -53,8 +54,11 @@ def cross_entropy(
     return {"loss": loss, "nll": loss, "correct": correct, "weight": wsum}
 
 
-def _blocks(n: int, b: int) -> list[tuple[int, int]]:
-    return [(i, min(i + b, n)) for i in range(0, n, b)]
+def _split(a: jax.Array, n_blocks: int, block: int) -> jax.Array:
+    """[N, ...] -> [n_blocks, block, ...], zero-padded at the end (padded tokens carry weight 0)."""
+    pad = n_blocks * block - a.shape[0]
+    a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+    return a.reshape(n_blocks, block, *a.shape[1:])
 
 
 def _logits(hb, table):
@@ -62,17 +66,26 @@ def _logits(hb, table):
 
 
 def _forward(h, table, t, w, block):
-    loss = jnp.zeros((), jnp.float32)
-    correct = jnp.zeros((), jnp.float32)
-    lses = []
-    for i, j in _blocks(h.shape[0], block):
-        z = _logits(h[i:j], table)  # [n, V]
+    """Loss and correct sums, and the per-token log-sum-exp [N]. A ``lax.scan`` over token blocks: the
+    blocks depend on each other through the carry, so XLA keeps one [block, V] logits block live at a
+    time (an unrolled Python loop lets it schedule every block's logits at once)."""
+    n = h.shape[0]
+    nb = -(-n // block)
+
+    def body(carry, xs):
+        loss, correct = carry
+        hb, tb, wb = xs
+        z = _logits(hb, table)  # [block, V]
         lse = jax.nn.logsumexp(z, axis=-1)
-        tz = jnp.take_along_axis(z, t[i:j, None], axis=-1)[:, 0]
-        loss = loss + jnp.sum((lse - tz) * w[i:j])
-        correct = correct + jnp.sum((jnp.argmax(z, axis=-1) == t[i:j]) * w[i:j])
-        lses.append(lse)
-    return loss, correct, jnp.concatenate(lses) if len(lses) > 1 else lses[0]
+        tz = jnp.take_along_axis(z, tb[:, None], axis=-1)[:, 0]
+        loss = loss + jnp.sum((lse - tz) * wb)
+        correct = correct + jnp.sum((jnp.argmax(z, axis=-1) == tb) * wb)
+        return (loss, correct), lse
+
+    zero = jnp.zeros((), jnp.float32)
+    (loss, correct), lse = jax.lax.scan(body, (zero, zero), (_split(h, nb, block), _split(t, nb, block),
+                                                             _split(w, nb, block)))
+    return loss, correct, lse.reshape(-1)[:n]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -87,20 +100,27 @@ def _xent_fwd(h, table, t, w, block):
 
 
 def _xent_bwd(block, res, g):
+    """dlogits = (softmax - onehot(y)) * weight * dloss, one block at a time: dh per block, dtable summed."""
     h, table, t, w, lse = res
     g_loss, _ = g  # correct is a count: no gradient
-    dh_blocks = []
-    dtable = jnp.zeros(table.shape, jnp.float32)
-    for i, j in _blocks(h.shape[0], block):
-        z = _logits(h[i:j], table)
-        p = jnp.exp(z - lse[i:j, None])  # softmax [n, V]
-        onehot = jax.nn.one_hot(t[i:j], z.shape[-1], dtype=jnp.float32)
-        dz = (p - onehot) * (w[i:j] * g_loss)[:, None]
-        dh_blocks.append(jnp.einsum("NV,VD->ND", dz, table.astype(jnp.float32)))
-        dtable = dtable + jnp.einsum("NV,ND->VD", dz, h[i:j].astype(jnp.float32))
-    dh = dh_blocks[0] if len(dh_blocks) == 1 else jnp.concatenate(dh_blocks)
+    n = h.shape[0]
+    nb = -(-n // block)
+    table32 = table.astype(jnp.float32)
+
+    def body(dtable, xs):
+        hb, tb, wb, lb = xs
+        z = _logits(hb, table)
+        p = jnp.exp(z - lb[:, None])  # softmax [block, V]
+        onehot = jax.nn.one_hot(tb, z.shape[-1], dtype=jnp.float32)
+        dz = (p - onehot) * (wb * g_loss)[:, None]
+        dh = jnp.einsum("NV,VD->ND", dz, table32)
+        return dtable + jnp.einsum("NV,ND->VD", dz, hb.astype(jnp.float32)), dh
+
+    dtable, dh = jax.lax.scan(body, jnp.zeros(table.shape, jnp.float32),
+                              (_split(h, nb, block), _split(t, nb, block), _split(w, nb, block),
+                               _split(lse, nb, block)))
+    dh = dh.reshape(-1, h.shape[-1])[:n]
     return dh.astype(h.dtype), dtable.astype(table.dtype), None, None
 
 
 _xent.defvjp(_xent_fwd, _xent_bwd)
-
