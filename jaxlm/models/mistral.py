@@ -19,7 +19,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
-from jaxlm.models import decoder, hfmap, hfparts, llama
+from jaxlm.models import decoder, hfparts, llama
 from jaxlm.models.base import Preset
 
 
