@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.multidevice, pytest.mark.slow]
 
 def test_qwen2_tiny_trains_the_same_losses_on_every_layout():
     layouts = ("single", "fsdp8", "data4_tensor2", "data2_fsdp2_tensor2")
-    res = run_worker("worker_parity.py", "qwen2-tiny", ",".join(layouts))
+    res = run_worker("worker_parity.py", "qwen2-tiny", ",".join(layouts), timeout=1800)
     ref = np.array(res["single"]["losses"])
     assert ref.shape == (5,) and np.all(np.isfinite(ref)) and not np.allclose(ref, ref[0])
     for name in layouts:
@@ -35,7 +35,7 @@ def test_qwen2_tiny_trains_the_same_losses_on_every_layout():
 @pytest.mark.parametrize("model", ["qwen2-tiny", "mistral-tiny"])
 def test_generation_with_sharded_params_equals_one_device(model):
     layouts = ("tensor2", "data2_fsdp2_tensor2")
-    res = run_worker("worker_generate.py", model, ",".join(layouts))
+    res = run_worker("worker_generate.py", model, ",".join(layouts), timeout=1800)
     ref = res["single"]
     for lay in layouts:
         for key in ("greedy", "sampled", "beams", "stream"):
