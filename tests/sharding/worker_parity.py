@@ -23,7 +23,7 @@ import jax  # noqa: E402
 from jaxlm import parallel, sharding  # noqa: E402
 
 PROBE = ("embed/tokens", "layers/attn/q/w", "layers/attn/k/w", "layers/attn/o/w", "layers/mlp/wi/w", "layers/mlp/wo/w",
-         "decoder/layers/attn/q/w", "encoder/layers/mlp/wi/w")
+         "decoder/layers/attn/q/w", "encoder/layers/mlp/wi/w", "layers/attn/q/b", "layers/attn/k/b")
 
 
 def spec_of(x) -> list:
