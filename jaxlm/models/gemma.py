@@ -11,7 +11,8 @@ k and v [2048, 1 x 256], o [8 x 256, 2048], the three GeGLU matrices 2048 x 1638
 the final norm scale.
 
 Deviations:
-- none in the architecture. ``dropout``/``attn_dropout`` default to 0 (the released models use none);
+- the vocabulary is the released checkpoint's 256,000 tokens (the paper's Table 1 prints 256,128).
+- otherwise none in the architecture. ``dropout``/``attn_dropout`` default to 0 (the released models use none);
   ``attn_impl``, ``remat``, ``scan_layers`` and ``dtype`` change how, not what, is computed.
 - the embedding scale sqrt(d_model) is rounded to the compute dtype before the product, as transformers does
   (in bfloat16, sqrt(2048) = 45.25); in float32 this is exact.

@@ -57,7 +57,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from jaxlm.models import decoder
+from jaxlm.models import decoder, hfmap
 from jaxlm.models.base import ModelConfig, Preset
 
 
@@ -107,4 +107,78 @@ init = decoder.init
 apply = decoder.apply
 init_cache = decoder.init_cache
 
-HF = None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Hugging Face mapping: EleutherAI's GPT-Neo (GPTNeoForCausalLM), the open model with GPT-3's layer pattern
+def _expand(types: list | None, hc: dict) -> tuple[str, ...]:
+    """GPT-Neo's ``attention_types`` ``[[kinds, repeat], ...]`` -> ``attn_pattern`` (one kind per layer, or
+    the repeating unit when the whole stack repeats one)."""
+    types = types or [[["global", "local"], hc["num_layers"] // 2]]
+    layers = tuple(k for kinds, rep in types for _ in range(rep) for k in kinds)
+    bad = sorted(set(layers) - {"global", "local"})
+    if bad:
+        raise hfmap.UnsupportedModelError(f"gpt_neo attention_types {bad} are not supported (global, local).")
+    if len(layers) != hc["num_layers"]:
+        raise ValueError(f"gpt_neo attention_types give {len(layers)} layers but num_layers={hc['num_layers']}.")
+    for n in (1, 2):
+        if len(layers) % n == 0 and layers == layers[:n] * (len(layers) // n):
+            return layers[:n]
+    return layers
+
+
+def _attention_types(cfg: Config) -> list:
+    kinds = ["local" if local else "global" for local in cfg.local_layers]
+    unit = list(cfg.attn_pattern)
+    if cfg.n_layers % len(unit) == 0 and kinds == unit * (cfg.n_layers // len(unit)):
+        return [[unit, cfg.n_layers // len(unit)]]
+    return [[[k], 1] for k in kinds]
+
+
+def _window(cfg: Config) -> int:
+    return cfg.max_len if cfg.sliding_window is None else cfg.sliding_window
+
+
+_L = "transformer.h.{i}."
+_A = _L + "attn.attention."
+HF = hfmap.HFMapping(
+    model_types={"gpt_neo": "GPT-Neo"},
+    architectures={"gpt_neo": "GPTNeoForCausalLM"},
+    fields=(
+        hfmap.Field("vocab_size", "vocab_size"),
+        hfmap.Field("max_position_embeddings", "max_len", 2048),
+        hfmap.Field("hidden_size", "d_model"),
+        hfmap.Field("num_heads", "n_heads"),
+        hfmap.Field("num_layers", "n_layers"),
+        hfmap.Field("intermediate_size", "d_ff", None, read=lambda v, hc: v or 4 * hc["hidden_size"]),
+        hfmap.Field("activation_function", "activation", "gelu_new", values=hfmap.ACTIVATIONS),
+        hfmap.Field("layer_norm_epsilon", "norm_eps", 1e-5),
+        hfmap.Field("resid_dropout", "dropout", 0.0),
+        hfmap.Field("embed_dropout", write=lambda cfg: cfg.dropout),
+        hfmap.Field("attention_dropout", "attn_dropout", 0.0),
+        hfmap.Field("window_size", "sliding_window", 256, read=lambda w, hc: min(w, hc.get("max_position_embeddings",
+                                                                                         2048)), write=_window),
+        hfmap.Field("attention_types", "attn_pattern", None, read=_expand, write=_attention_types),
+        hfmap.Field("attention_layers", write=lambda cfg: ["local" if x else "global" for x in cfg.local_layers]),
+        hfmap.Field("tie_word_embeddings", "tie_embeddings", True),
+    ),
+    # GPT-Neo's attention: no q/k/v biases and unscaled scores (the differences from GPT-3's described above)
+    fixed={"norm_position": "pre", "embed_scale": False, "pos_emb": "learned", "norm": "layernorm",
+           "use_bias": True, "qkv_bias": False, "attn_scale": 1.0, "attn_softcap": None, "final_norm": True,
+           "post_norms": False, "final_logit_softcap": None},
+    export_checks=(hfmap.plain_attention, hfmap.default_head_dim),
+    prefix="transformer.",
+    rules=(
+        ("embed/tokens", "transformer.wte.weight", "copy"),
+        ("embed/positions", "transformer.wpe.weight", "copy"),
+        ("layers/norm1/scale", _L + "ln_1.weight", "copy"), ("layers/norm1/bias", _L + "ln_1.bias", "copy"),
+        ("layers/norm2/scale", _L + "ln_2.weight", "copy"), ("layers/norm2/bias", _L + "ln_2.bias", "copy"),
+        *((f"layers/attn/{x}/w", _A + f"{x}_proj.weight", "linear1") for x in "qkv"),
+        ("layers/attn/o/w", _A + "out_proj.weight", "linear2"), ("layers/attn/o/b", _A + "out_proj.bias", "copy"),
+        ("layers/mlp/wi/w", _L + "mlp.c_fc.weight", "linear1"), ("layers/mlp/wi/b", _L + "mlp.c_fc.bias", "copy"),
+        ("layers/mlp/wo/w", _L + "mlp.c_proj.weight", "linear1"), ("layers/mlp/wo/b", _L + "mlp.c_proj.bias", "copy"),
+        ("final_norm/scale", "transformer.ln_f.weight", "copy"), ("final_norm/bias", "transformer.ln_f.bias", "copy"),
+        ("lm_head/w", "lm_head.weight", "linear1"),  # untied only
+    ),
+    ignored=("attn.attention.bias", "attn.attention.masked_bias", "lm_head.weight"),  # mask buffers; tied head
+)
