@@ -44,7 +44,6 @@ class Config(ModelConfig):
     norm: str = "rmsnorm_1p"
     norm_eps: float = 1e-6
     pos_emb: str = "rope"
-    tie_embeddings: bool = True
     use_bias: bool = False
     embed_scale: bool = True
 
