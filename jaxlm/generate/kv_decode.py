@@ -89,7 +89,8 @@ def decode_attention(p: dict, x: jax.Array, cfg, *, kv=None, mask=None, position
     if mask is not None:
         m = jnp.repeat(jnp.broadcast_to(mask[:, 0, 0, :], (B, S)), N // B, axis=0)[:, None, :]  # [B * G, 1, S]
     out, _ = attention.softmax_attention(qg, k.astype(dt), v.astype(dt), scores_eq="NhK,NSK->NhS",
-                                         out_eq="NhS,NSK->NhK", mask=m)  # [B * G, h, K]
+                                         out_eq="NhS,NSK->NhK", mask=m, scale=c.scale,
+                                         softcap=c.softcap)  # [B * G, h, K]
     y = linear.apply(p["o"], out.reshape(B, 1, H, K), "BTHK,HKD->BTD", dt)  # [B, 1, D]
     return y, {"cache": new_cache}
 

@@ -62,6 +62,17 @@ class ModelConfig:
     remat: str = "none"
     scan_layers: bool = True
     pad_id: int = 0
+    # attention variants of today's checkpoints (jaxlm.nn.attention's module docstring); defaults = off
+    sliding_window: int | None = None  # W: local layers see keys j > i - W (Mistral 4096, GPT-Neo 256)
+    attn_pattern: tuple[str, ...] = ("local",)  # per-layer "local"/"global", cycled over the layers
+    attn_scale: float | None = None  # multiplies q.k; None = head_dim ** -0.5 (GPT-Neo: 1.0)
+    attn_softcap: float | None = None  # attention scores -> c * tanh(s / c) (Gemma 2: 50)
+    qkv_bias: bool | None = None  # biases on q/k/v; None = use_bias (Qwen2: True with use_bias=False)
+    rope_type: str = "default"  # "default", "linear" or "llama3" (Llama 3.1)
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_len: int = 8192  # transformers' original_max_position_embeddings
 
     # ----------------------------------------------------------------------------------------------------
     @property
@@ -71,6 +82,14 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads if self.d_head is None else self.d_head
+
+    @property
+    def local_layers(self) -> tuple[bool, ...]:
+        """Per layer: does it use sliding-window attention (``attn_pattern`` cycled; none without a window)."""
+        if self.sliding_window is None:
+            return (False,) * self.n_layers
+        pat = self.attn_pattern
+        return tuple(pat[i % len(pat)] == "local" for i in range(self.n_layers))
 
     def replace(self, **kw: Any) -> ModelConfig:
         return dataclasses.replace(self, **kw)
@@ -82,7 +101,10 @@ class ModelConfig:
             d_model=self.d_model, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads, head_dim=self.d_head,
             dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.use_bias, init=self.init,
             init_std=self.init_std, out_scale=self._out_scale, pos_emb=self.pos_emb, rope_theta=self.rope_theta,
-            dropout=self.attn_dropout, impl=self.attn_impl)
+            dropout=self.attn_dropout, impl=self.attn_impl, scale=self.attn_scale, softcap=self.attn_softcap,
+            qkv_bias=self.qkv_bias, rope_type=self.rope_type, rope_factor=self.rope_factor,
+            rope_low_freq_factor=self.rope_low_freq_factor, rope_high_freq_factor=self.rope_high_freq_factor,
+            rope_original_max_len=self.rope_original_max_len)
 
     @property
     def ffn_cfg(self) -> ffn.FFNConfig:
@@ -175,6 +197,7 @@ class ModelConfig:
         check_choice(f"{name}.init", self.init, ("normal", "xavier"))
         check_choice(f"{name}.attn_impl", self.attn_impl, attention.IMPLS)
         check_choice(f"{name}.remat", self.remat, stack.REMAT_POLICIES)
+        self._check_attention_variants(name)
         if self.pos_emb == "rope" and self.head_dim % 2:
             raise ConfigError(f"{name}: RoPE needs an even head_dim, got {self.head_dim}.")
         if self.pos_emb == "sinusoidal" and self.d_model % 2:
@@ -183,6 +206,34 @@ class ModelConfig:
         if isinstance(pad, bool) or not isinstance(pad, numbers.Integral) or not 0 <= pad < self.vocab_size:
             raise ConfigError(f"{name}.pad_id={pad!r} must be in [0, vocab_size={self.vocab_size}): an integer, "
                               f"the tokenizer's <pad> id (usually 0).")
+
+    def _check_attention_variants(self, name: str) -> None:
+        w = self.sliding_window
+        if w is not None and (isinstance(w, bool) or not isinstance(w, numbers.Integral) or not 0 < w <= self.max_len):
+            raise ConfigError(f"{name}.sliding_window={w!r} must be an integer in [1, max_len={self.max_len}] (the "
+                              f"number of keys a local layer sees, itself included), or None for full attention.")
+        pat = self.attn_pattern
+        if (not isinstance(pat, tuple) or not pat or len(pat) > self.n_layers
+                or any(k not in ("local", "global") for k in pat)):
+            raise ConfigError(f"{name}.attn_pattern={pat!r} must be a non-empty tuple of 'local'/'global' of at "
+                              f"most n_layers={self.n_layers} entries, cycled over the layers (e.g. ('local', "
+                              f"'global') alternates starting local).")
+        for f in ("attn_scale", "attn_softcap"):
+            v = getattr(self, f)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0
+                                  or math.isinf(v)):
+                raise ConfigError(f"{name}.{f}={v!r} must be positive and finite, or None (off).")
+        check_choice(f"{name}.rope_type", self.rope_type, positions.ROPE_TYPES)
+        if self.rope_type != "default":
+            if self.pos_emb != "rope":
+                raise ConfigError(f"{name}.rope_type={self.rope_type!r} scales RoPE, but pos_emb={self.pos_emb!r}.")
+            for f in ("rope_factor", "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_len"):
+                v = getattr(self, f)
+                if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0 or math.isinf(v):
+                    raise ConfigError(f"{name}.{f}={v!r} must be positive and finite.")
+            if self.rope_type == "llama3" and not self.rope_high_freq_factor > self.rope_low_freq_factor:
+                raise ConfigError(f"{name}: llama3 RoPE scaling needs rope_high_freq_factor "
+                                  f"({self.rope_high_freq_factor}) > rope_low_freq_factor ({self.rope_low_freq_factor}).")
 
     @property
     def jnp_dtype(self):

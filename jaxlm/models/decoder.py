@@ -114,24 +114,31 @@ def cache_slots(cache: dict) -> int:
 
 
 def causal_mask(B: int, T: int, *, segment_ids=None, kv_valid=None, cache: dict | None = None,
-                cache_index=None) -> tuple[jax.Array, jax.Array]:
+                cache_index=None, window: int | None = None) -> tuple[jax.Array, jax.Array]:
     """(slots [B, T], mask [B|1, 1, T, S]) for causal self-attention: without a cache over the T tokens
     (``segment_ids`` keep packed sequences apart); with one, the tokens sit at slots ``cache_index + t`` and
-    attend to every filled slot up to their own. ``kv_valid`` [B, S] masks padding slots."""
+    attend to every filled slot up to their own. ``kv_valid`` [B, S] masks padding slots. ``window`` W adds
+    the sliding window over slots (key slot > query slot - W): within a packed segment or a left-padded row
+    slot distances are position distances."""
     if cache is None:
         slots = jnp.broadcast_to(jnp.arange(T)[None], (B, T))
-        return slots, masks.make_mask(T, causal=True, q_segment_ids=segment_ids, kv_valid=kv_valid)
+        return slots, masks.make_mask(T, causal=True, q_segment_ids=segment_ids, kv_valid=kv_valid, window=window)
     S = cache_slots(cache)
     _check_cache_room(cache_index, T, S)
     slots = jnp.broadcast_to((cache_index + jnp.arange(T))[None], (B, T))
     return slots, masks.make_mask(T, S, causal=True, q_positions=slots, kv_positions=jnp.arange(S)[None],
-                                  kv_valid=kv_valid)
+                                  kv_valid=kv_valid, window=window)
 
 
 def run_layers(layers, x: jax.Array, cfg, *, mask=None, positions=None, enc=None, enc_mask=None,
                cache: dict | None = None, cache_index=None, key: jax.Array | None = None,
-               return_weights: bool = False, block_fn: Callable = blocks.apply) -> tuple[jax.Array, dict]:
+               return_weights: bool = False, block_fn: Callable = blocks.apply,
+               local_mask=None) -> tuple[jax.Array, dict]:
     """The layer loop: ``x`` [B, T, D] through every block -> (x, ys).
+
+    ``local_mask``: the sliding-window self-attention mask, used instead of ``mask`` by the layers
+    ``cfg.local_layers`` marks (required when any is marked). Under ``lax.scan`` each layer's choice is a
+    scanned boolean (a select between the two masks); over a list of layers it is a Python bool.
 
     ``layers``: the stacked block parameters (scanned, or looped with ``cfg.scan_layers=False``) or a list
     of per-layer trees. ``cache``: ``{"self": ..., ["cross": ...]}`` with stacked leaves (or per-layer lists,
@@ -141,15 +148,27 @@ def run_layers(layers, x: jax.Array, cfg, *, mask=None, positions=None, enc=None
     per_layer = isinstance(layers, list)
     n = len(layers) if per_layer else jax.tree.leaves(layers)[0].shape[0]
     keys = None if key is None else jax.random.split(key, n)
+    local = getattr(cfg, "local_layers", (False,) * n)
+    local = local if len(local) == n else (False,) * n  # a stack that is not the cfg's layers has no windows
+    if any(local) and local_mask is None:
+        raise ValueError(f"{type(cfg).__name__} has sliding-window layers (sliding_window={cfg.sliding_window}) "
+                         f"but this stack runs without a causal window mask: sliding windows are only "
+                         f"supported in causal decoders; set sliding_window=None.")
+    if all(local):  # every layer local (Mistral): one mask, nothing to select
+        mask, local = local_mask, (False,) * n
+    flags = (local if per_layer else jnp.asarray(local)) if any(local) else None
     if per_layer:
-        xs = [(None if keys is None else keys[i], None if cache is None else {c: cache[c][i] for c in cache})
-              for i in range(n)]
+        xs = [(None if keys is None else keys[i], None if cache is None else {c: cache[c][i] for c in cache},
+               None if flags is None else flags[i]) for i in range(n)]
     else:
-        xs = (keys, cache)
+        xs = (keys, cache, flags)
 
     def body(p, h, layer_xs):
-        k, c = layer_xs
-        h, aux = block_fn(p, h, cfg, mask=mask, positions=positions, enc=enc, enc_mask=enc_mask, cache=c,
+        k, c, is_local = layer_xs
+        m = mask
+        if is_local is not None:
+            m = (local_mask if is_local else mask) if isinstance(is_local, bool) else jnp.where(is_local, local_mask, mask)
+        h, aux = block_fn(p, h, cfg, mask=m, positions=positions, enc=enc, enc_mask=enc_mask, cache=c,
                           cache_index=cache_index, key=k, return_weights=return_weights)
         out = {}
         if c is not None:
@@ -224,12 +243,16 @@ def decode(
         check_length(T, cfg, role)
     slots, mask = causal_mask(B, T, segment_ids=segment_ids, kv_valid=kv_valid, cache=cache,
                               cache_index=cache_index)
+    local_mask = None
+    if any(getattr(cfg, "local_layers", ())):
+        local_mask = causal_mask(B, T, segment_ids=segment_ids, kv_valid=kv_valid, cache=cache,
+                                 cache_index=cache_index, window=cfg.sliding_window)[1]
     pos = slots if positions is None else positions
     k_emb, k_layers = (None, None) if key is None else jax.random.split(key)
     x = embed(params["embed"], tokens, cfg, pos, k_emb)
     x, ys = run_layers(stack_params["layers"] if layers is None else layers, x, cfg, mask=mask, positions=pos,
                        enc=enc, enc_mask=enc_mask, cache=cache, cache_index=cache_index, key=k_layers,
-                       return_weights=return_weights, block_fn=block_fn)
+                       return_weights=return_weights, block_fn=block_fn, local_mask=local_mask)
     if cfg.final_norm:
         x = norms.apply(stack_params["final_norm"], x, cfg)
     out = logits(params, x, cfg)

@@ -20,6 +20,29 @@ Implementations (``AttentionConfig.impl``), tested equal:
 
 Every function takes an :class:`AttentionConfig` (or any config with an ``attn_cfg`` property that returns
 one, such as a model Config), so the block can be built and tested on its own.
+
+Variants used by today's checkpoints (all off by default):
+
+- score scale: ``scale`` multiplies q.k (None = 1/sqrt(K)); Gemma uses query_pre_attn_scalar^-1/2 and
+  GPT-Neo no scaling at all (``scale=1.0``);
+- logit soft-capping (Gemma 2): scores -> softcap * tanh(scores / softcap), after scaling and before any
+  bias or mask (transformers' order); every implementation supports it (``"xla"``/``"cudnn"`` have no
+  soft-cap, so with one they run the ``"flash"`` path, which differentiates through the tanh);
+- biases on q/k/v only (Qwen2): ``qkv_bias=True`` with ``use_bias=False`` (the output projection follows
+  ``use_bias``);
+- RoPE scaling: ``rope_type`` "linear" or "llama3" (:func:`jaxlm.nn.positions.rope_frequencies`);
+- sliding-window (local) attention is a mask (:func:`jaxlm.nn.masks.window_mask`), so it runs on every
+  implementation. Per layer (Mistral all local, Gemma 2 local/global, GPT-Neo global/local), the decoder
+  (:func:`jaxlm.models.decoder.run_layers`) builds the global and the local causal mask once and each layer
+  picks its own: under ``lax.scan`` the choice is a per-layer boolean scanned with the weights, in the
+  decode loop's per-layer list a Python bool. KV cache of a local layer: the full-length cache (the same
+  [L, B, S_max, G, K] stack as the global layers) plus the window mask, NOT a rolling window-size buffer.
+  Why: the stacked layers run under one ``lax.scan``, which needs one cache shape for all layers (a rolling
+  buffer would need a second stack and a second scan for alternating patterns); prefill with left padding and
+  packed segments stays the same masked computation as training, so cached decoding past the window equals
+  a full recompute exactly (tested); and the cache is bounded by ``max_len`` anyway. The cost: a local layer
+  holds S_max instead of W slots (Mistral 7B at 32k context: 8x the cache a rolling buffer would need) and
+  attends over masked slots it could skip.
 """
 
 from __future__ import annotations
@@ -52,8 +75,16 @@ class AttentionConfig:
     out_scale: float = 1.0  # multiplies the output projection's init std (GPT-2: 1/sqrt(2 L))
     pos_emb: str = "none"  # "rope" and "alibi" act inside attention; other schemes are added to embeddings
     rope_theta: float = 10000.0
+    rope_type: str = "default"  # "default", "linear" or "llama3" (positions.rope_frequencies)
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_len: int = 8192
     dropout: float = 0.0  # on attention probabilities
     impl: str = "reference"
+    scale: float | None = None  # multiplies q.k; None = head_dim ** -0.5
+    softcap: float | None = None  # scores -> softcap * tanh(scores / softcap) (Gemma 2)
+    qkv_bias: bool | None = None  # bias on q/k/v; None = use_bias (the output projection follows use_bias)
 
     @property
     def kv_heads(self) -> int:
@@ -63,6 +94,17 @@ class AttentionConfig:
     def k_dim(self) -> int:
         return self.d_model // self.n_heads if self.head_dim is None else self.head_dim
 
+    @property
+    def has_qkv_bias(self) -> bool:
+        return self.use_bias if self.qkv_bias is None else self.qkv_bias
+
+    def inv_freq(self) -> jax.Array:
+        """RoPE inverse frequencies [K/2], scaled per ``rope_type``."""
+        return pos_enc.rope_frequencies(
+            self.k_dim, self.rope_theta, rope_type=self.rope_type, factor=self.rope_factor,
+            low_freq_factor=self.rope_low_freq_factor, high_freq_factor=self.rope_high_freq_factor,
+            original_max_len=self.rope_original_max_len)
+
 
 def config(cfg) -> AttentionConfig:
     """``cfg`` itself when it is an :class:`AttentionConfig`, else its ``attn_cfg``."""
@@ -70,13 +112,15 @@ def config(cfg) -> AttentionConfig:
 
 
 def spec(cfg) -> dict:
-    """q: [D, H, K], k/v: [D, G, K], o: [H, K, D] (+ biases when ``use_bias``)."""
+    """q: [D, H, K], k/v: [D, G, K], o: [H, K, D] (+ q/k/v biases when ``qkv_bias`` (default ``use_bias``),
+    the o bias when ``use_bias``)."""
     c = config(cfg)
     D, H, G, K = c.d_model, c.n_heads, c.kv_heads, c.k_dim
+    qb = c.has_qkv_bias
     return {
-        "q": linear.spec(c, (D,), (H, K), ("embed",), ("heads", "head_dim")),
-        "k": linear.spec(c, (D,), (G, K), ("embed",), ("kv_heads", "head_dim")),
-        "v": linear.spec(c, (D,), (G, K), ("embed",), ("kv_heads", "head_dim")),
+        "q": linear.spec(c, (D,), (H, K), ("embed",), ("heads", "head_dim"), bias=qb),
+        "k": linear.spec(c, (D,), (G, K), ("embed",), ("kv_heads", "head_dim"), bias=qb),
+        "v": linear.spec(c, (D,), (G, K), ("embed",), ("kv_heads", "head_dim"), bias=qb),
         "o": linear.spec(c, (H, K), (D,), ("heads", "head_dim"), ("embed",), scale=c.out_scale),
     }
 
@@ -92,16 +136,21 @@ def softmax_attention(
     bias: jax.Array | None = None,
     dropout_rate: float = 0.0,
     key: jax.Array | None = None,
+    scale: float | None = None,
+    softcap: float | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """``softmax(q k / sqrt(K) + bias, masked) v`` for any head layout, named by two einsum equations.
+    """``softmax(cap(q k * scale) + bias, masked) v`` for any head layout, named by two einsum equations.
 
-    ``scores_eq`` maps (q, k) to scores and ``out_eq`` maps (probabilities, v) to the output; ``mask``
-    (True = attend) and ``bias`` must broadcast to the scores. Scores and softmax are float32; the
+    ``scale`` defaults to 1/sqrt(K); ``cap(s) = softcap * tanh(s / softcap)`` when ``softcap`` is given
+    (else the identity). ``scores_eq`` maps (q, k) to scores and ``out_eq`` maps (probabilities, v) to the
+    output; ``mask`` (True = attend) and ``bias`` must broadcast to the scores. Scores and softmax are float32; the
     probabilities are cast to q's dtype for the value product. Returns (output, float32 probabilities).
     The grouped layout of :func:`dot_product_attention` and the KV-cache decode layout of
     :mod:`jaxlm.generate.kv_decode` both run through here.
     """
-    scores = jnp.einsum(scores_eq, q, k).astype(jnp.float32) * (q.shape[-1] ** -0.5)
+    scores = jnp.einsum(scores_eq, q, k).astype(jnp.float32) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if softcap is not None:
+        scores = softcap * jnp.tanh(scores / softcap)
     if bias is not None:
         scores = scores + bias.astype(jnp.float32)
     if mask is not None:
@@ -125,30 +174,32 @@ def dot_product_attention(
     dropout_rate: float = 0.0,
     key: jax.Array | None = None,
     return_weights: bool = False,
+    scale: float | None = None,
+    softcap: float | None = None,
 ) -> tuple[jax.Array, jax.Array | None]:
     """Scaled dot-product attention over grouped heads.
 
     q: [B, T, H, K]; k, v: [B, S, G, K] with H % G == 0; mask: bool broadcastable to [B, H, T, S]
-    (True = attend); bias: float broadcastable to [B, H, T, S]. Returns (out [B, T, H, K],
-    weights [B, H, T, S] or None).
+    (True = attend); bias: float broadcastable to [B, H, T, S]; ``scale`` (None = 1/sqrt(K)) and
+    ``softcap`` as in :func:`softmax_attention`. Returns (out [B, T, H, K], weights [B, H, T, S] or None).
     """
     B, T, H, K = q.shape
     S, G = k.shape[1], k.shape[2]
     if H % G:
         raise ValueError(f"{H} query heads cannot be grouped over {G} key/value heads.")
     use_dropout = dropout_rate > 0.0 and key is not None
-    if impl in ("xla", "cudnn") and not use_dropout and not return_weights:
-        out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, implementation=impl)
+    if impl in ("xla", "cudnn") and not use_dropout and not return_weights and softcap is None:
+        out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, implementation=impl)
         return out, None
-    if impl == "flash" and not use_dropout and not return_weights:
-        return flash.attention(q, k, v, mask=mask, bias=bias), None
+    if impl in ("flash", "xla", "cudnn") and not use_dropout and not return_weights:  # xla/cudnn: soft-cap
+        return flash.attention(q, k, v, mask=mask, bias=bias, scale=scale, softcap=softcap), None
     if impl not in IMPLS:
         raise ValueError(f"unknown attention implementation {impl!r}; choose one of {IMPLS}.")
     h = H // G
     out, probs = softmax_attention(
         q.reshape(B, T, G, h, K), k, v, scores_eq="BTGhK,BSGK->BGhTS", out_eq="BGhTS,BSGK->BTGhK",
         mask=None if mask is None else _group(mask, G, h), bias=None if bias is None else _group(bias, G, h),
-        dropout_rate=dropout_rate if use_dropout else 0.0, key=key)
+        dropout_rate=dropout_rate if use_dropout else 0.0, key=key, scale=scale, softcap=softcap)
     weights = probs.reshape(B, H, T, S) if return_weights else None
     return out.reshape(B, T, H, K), weights
 
@@ -166,7 +217,7 @@ def project_q(p: dict, x: jax.Array, cfg, positions: jax.Array | None = None) ->
     c = config(cfg)
     q = linear.apply(p["q"], x, "BTD,DHK->BTHK", jnp.dtype(c.dtype))
     if c.pos_emb == "rope":
-        q = pos_enc.apply_rope(q, positions, c.rope_theta)
+        q = pos_enc.apply_rope(q, positions, c.rope_theta, c.inv_freq())
     return q
 
 
@@ -178,7 +229,7 @@ def project_kv(p: dict, x: jax.Array, cfg, positions: jax.Array | None = None) -
     k = linear.apply(p["k"], x, "BSD,DGK->BSGK", dt)
     v = linear.apply(p["v"], x, "BSD,DGK->BSGK", dt)
     if c.pos_emb == "rope" and positions is not None:
-        k = pos_enc.apply_rope(k, positions, c.rope_theta)
+        k = pos_enc.apply_rope(k, positions, c.rope_theta, c.inv_freq())
     return k, v
 
 
@@ -244,7 +295,7 @@ def apply(
     rate = c.dropout if key is not None else 0.0
     out, w = dot_product_attention(
         q, k, v, mask=mask, bias=bias, impl=impl or c.impl, dropout_rate=rate, key=key,
-        return_weights=return_weights,
+        return_weights=return_weights, scale=c.scale, softcap=c.softcap,
     )
     if return_weights:
         aux["weights"] = w

@@ -12,6 +12,9 @@ Why: under ``jax.grad`` + ``lax.scan`` over layers, the reference einsum-softmax
 logits/probabilities of every layer ([L, B, H, T, S]) and the backward pass spends its time writing and
 reading them. Here the residuals per layer are q, k, v, out and lse: O(T) instead of O(T^2).
 
+Score scale and soft-cap (Gemma 2): logits are ``cap(q.k * scale)`` with ``cap(x) = c * tanh(x / c)``; the
+backward pass multiplies dS by cap'(x) = 1 - tanh(x / c)^2 before the dQ/dK products.
+
 Query blocks are a static Python loop (each block attends to all S keys, so no online softmax is needed and
 the result equals the reference to float32 rounding); ``block_q >= T`` is one block, which is fastest on a
 CPU at short sequence lengths. Grouped-query layout as in :mod:`jaxlm.nn.attention`: q [B, T, G, h, K].
@@ -35,9 +38,12 @@ def attention(
     mask: jax.Array | None = None,
     bias: jax.Array | None = None,
     block_q: int = 512,
+    scale: float | None = None,
+    softcap: float | None = None,
 ) -> jax.Array:
     """Scaled dot-product attention, q: [B, T, H, K]; k, v: [B, S, G, K] (H % G == 0); mask: bool
-    broadcastable to [B, H, T, S] (True = attend); bias: float broadcastable to [B, H, T, S].
+    broadcastable to [B, H, T, S] (True = attend); bias: float broadcastable to [B, H, T, S]; ``scale``
+    multiplies q.k (None = 1/sqrt(K)); ``softcap`` c caps the scaled scores to c * tanh(s / c).
     Returns out [B, T, H, K] in q's dtype; gradients flow to q, k, v and bias."""
     B, T, H, K = q.shape
     S, G = k.shape[1], k.shape[2]
@@ -49,7 +55,8 @@ def attention(
     qg = q.reshape(B, T, G, h, K)
     m = None if mask is None else _group(jnp.broadcast_to(mask, (mask.shape[0], mask.shape[1], T, S)), G, h)
     b = None if bias is None else _group(jnp.broadcast_to(bias, (bias.shape[0], bias.shape[1], T, S)), G, h)
-    out = _flash(qg, k, v, m, b, min(block_q, T))
+    sc = (K ** -0.5 if scale is None else float(scale), None if softcap is None else float(softcap))
+    out = _flash(qg, k, v, m, b, min(block_q, T), sc)
     return out.reshape(B, T, H, K)
 
 
@@ -65,14 +72,20 @@ def _blocks(T: int, bq: int) -> list[tuple[int, int]]:
     return [(i, min(i + bq, T)) for i in range(0, T, bq)]
 
 
-def _logits(qb, k, mb, bb, scale):
-    """qb [B, t, G, h, K], k [B, S, G, K] -> float32 masked logits [B, G, h, t, S]."""
+def _logits(qb, k, mb, bb, sc):
+    """qb [B, t, G, h, K], k [B, S, G, K] -> (float32 masked logits [B, G, h, t, S], tanh of the capped
+    scores or None). ``sc`` = (scale, softcap)."""
+    scale, cap = sc
     s = jnp.einsum("BTGhK,BSGK->BGhTS", qb, k, preferred_element_type=jnp.float32) * scale
+    th = None
+    if cap is not None:
+        th = jnp.tanh(s / cap)
+        s = cap * th
     if bb is not None:
         s = s + bb.astype(jnp.float32)
     if mb is not None:
         s = jnp.where(mb, s, _NEG)
-    return s
+    return s, th
 
 
 def _sl(x, i, j):
@@ -80,11 +93,10 @@ def _sl(x, i, j):
     return None if x is None else (x if x.shape[3] == 1 else x[:, :, :, i:j])
 
 
-def _forward(qg, k, v, mask, bias, bq):
-    scale = qg.shape[-1] ** -0.5
+def _forward(qg, k, v, mask, bias, bq, sc):
     outs, lses = [], []
     for i, j in _blocks(qg.shape[1], bq):
-        s = _logits(qg[:, i:j], k, _sl(mask, i, j), _sl(bias, i, j), scale)  # [B, G, h, t, S]
+        s, _ = _logits(qg[:, i:j], k, _sl(mask, i, j), _sl(bias, i, j), sc)  # [B, G, h, t, S]
         mx = jnp.max(s, axis=-1, keepdims=True)
         p = jnp.exp(s - mx)
         den = jnp.sum(p, axis=-1, keepdims=True)
@@ -98,26 +110,26 @@ def _forward(qg, k, v, mask, bias, bq):
     return out, lse
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _flash(qg, k, v, mask, bias, bq):
-    return _forward(qg, k, v, mask, bias, bq)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _flash(qg, k, v, mask, bias, bq, sc):
+    return _forward(qg, k, v, mask, bias, bq, sc)[0]
 
 
-def _flash_fwd(qg, k, v, mask, bias, bq):
-    out, lse = _forward(qg, k, v, mask, bias, bq)
+def _flash_fwd(qg, k, v, mask, bias, bq, sc):
+    out, lse = _forward(qg, k, v, mask, bias, bq, sc)
     return out, (qg, k, v, mask, bias, out, lse)
 
 
-def _flash_bwd(bq, res, dout):
+def _flash_bwd(bq, sc, res, dout):
     qg, k, v, mask, bias, out, lse = res
-    scale = qg.shape[-1] ** -0.5
+    scale = sc[0]
     dq_blocks = []
     dk = jnp.zeros(k.shape, jnp.float32)
     dv = jnp.zeros(v.shape, jnp.float32)
     dbias = None if bias is None else jnp.zeros(bias.shape, jnp.float32)
     for i, j in _blocks(qg.shape[1], bq):
         qb, dob = qg[:, i:j], dout[:, i:j]
-        s = _logits(qb, k, _sl(mask, i, j), _sl(bias, i, j), scale)
+        s, th = _logits(qb, k, _sl(mask, i, j), _sl(bias, i, j), sc)
         st = lse[..., i:j, :]
         p = jnp.exp(s - st[..., :1]) * st[..., 1:]  # [B, G, h, t, S], rows sum to 1
         dv = dv + jnp.einsum("BGhTS,BTGhK->BSGK", p, dob, preferred_element_type=jnp.float32)
@@ -130,6 +142,8 @@ def _flash_bwd(bq, res, dout):
         if dbias is not None:
             db = _reduce_to(ds, bias.shape[:3] + (j - i if bias.shape[3] != 1 else 1, bias.shape[4]))
             dbias = dbias + db if bias.shape[3] == 1 else dbias.at[:, :, :, i:j].add(db)
+        if th is not None:  # through the soft-cap: d(c tanh(x / c))/dx = 1 - tanh^2
+            ds = ds * (1.0 - th * th)
         dq_blocks.append(jnp.einsum("BGhTS,BSGK->BTGhK", ds, k, preferred_element_type=jnp.float32) * scale)
         dk = dk + jnp.einsum("BGhTS,BTGhK->BSGK", ds, qb, preferred_element_type=jnp.float32) * scale
     dq = dq_blocks[0] if len(dq_blocks) == 1 else jnp.concatenate(dq_blocks, axis=1)

@@ -37,9 +37,47 @@ def learned(p: dict, positions: jax.Array, dtype=jnp.float32) -> jax.Array:
     return jnp.take(sharding.gathered(p["positions"], POSITIONS_AXES), positions, axis=0).astype(dtype)
 
 
-def rope_frequencies(head_dim: int, theta: float = 10000.0) -> jax.Array:
-    """inv_freq[i] = theta^(-2i/K) for i < K/2."""
-    return 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def rope_frequencies(
+    head_dim: int,
+    theta: float = 10000.0,
+    *,
+    rope_type: str = "default",
+    factor: float = 1.0,
+    low_freq_factor: float = 1.0,
+    high_freq_factor: float = 4.0,
+    original_max_len: int = 8192,
+) -> jax.Array:
+    """RoPE inverse frequencies [K/2]: inv_freq[i] = theta^(-2i/K), then scaled by ``rope_type``:
+
+    - ``"default"``: unchanged;
+    - ``"linear"`` (position interpolation, Chen et al. 2023): inv_freq / factor, i.e. positions / factor;
+    - ``"llama3"`` (Llama 3.1, Meta 2024): with wavelength w = 2 pi / inv_freq and L = ``original_max_len``,
+      frequencies with w > L / low_freq_factor are divided by ``factor``, those with w < L / high_freq_factor
+      are kept, and those in between interpolate smoothly, s = (L / w - low) / (high - low):
+      (1 - s) * inv_freq / factor + s * inv_freq.
+
+    Computed in float32 in the same order of operations as transformers' ``modeling_rope_utils`` (tested
+    equal to its ``ROPE_INIT_FUNCTIONS``); neither variant rescales cos/sin (attention factor 1).
+    """
+    inv = 1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))
+    inv = inv.astype(np.float32)
+    if rope_type == "linear":
+        inv = inv / np.float32(factor)
+    elif rope_type == "llama3":
+        low_wavelen = original_max_len / low_freq_factor
+        high_wavelen = original_max_len / high_freq_factor
+        wavelen = np.float32(2 * math.pi) / inv
+        scaled = np.where(wavelen > low_wavelen, inv / np.float32(factor), inv)
+        smooth = (original_max_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+        smoothed = (1 - smooth) * scaled / np.float32(factor) + smooth * scaled
+        medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+        inv = np.where(medium, smoothed, scaled)
+    elif rope_type != "default":
+        raise ValueError(f"rope_type={rope_type!r} is not implemented; choose one of {ROPE_TYPES}.")
+    return jnp.asarray(inv.astype(np.float32))
 
 
 def rotate_half(x: jax.Array) -> jax.Array:
@@ -48,12 +86,14 @@ def rotate_half(x: jax.Array) -> jax.Array:
     return jnp.concatenate([-x2, x1], axis=-1)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float = 10000.0) -> jax.Array:
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float = 10000.0,
+               inv_freq: jax.Array | None = None) -> jax.Array:
     """Rotate ``x`` [B, T, N, K] by angle pos * inv_freq: x * cos + rotate_half(x) * sin.
 
-    ``positions`` is [B, T]. cos/sin are computed in float32, as HF does, then cast to x's dtype.
+    ``positions`` is [B, T]; ``inv_freq`` [K/2] (default: plain :func:`rope_frequencies` of ``theta``; pass
+    scaled ones for RoPE scaling). cos/sin are computed in float32, as HF does, then cast to x's dtype.
     """
-    inv = rope_frequencies(x.shape[-1], theta)  # [K/2]
+    inv = rope_frequencies(x.shape[-1], theta) if inv_freq is None else inv_freq  # [K/2]
     ang = positions.astype(jnp.float32)[..., None] * inv  # [B, T, K/2]
     ang = jnp.concatenate([ang, ang], axis=-1)[:, :, None, :]  # [B, T, 1, K]
     cos, sin = jnp.cos(ang).astype(x.dtype), jnp.sin(ang).astype(x.dtype)
