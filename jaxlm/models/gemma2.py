@@ -67,7 +67,7 @@ PRESETS: dict[str, Preset] = {
     "gemma2-tiny": Preset(
         Config(vocab_size=512, max_len=128, d_model=64, n_heads=4, n_kv_heads=2, d_head=32, n_layers=2, d_ff=256,
                sliding_window=16),
-        "test-sized Gemma 2 (window 16: layer 0 local, layer 1 global)", 0),
+        "test-sized Gemma 2 (window 16: layer 0 local, layer 1 global)", 180_800),
 }
 
 spec = decoder.spec

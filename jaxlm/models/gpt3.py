@@ -72,6 +72,8 @@ class Config(ModelConfig):
     d_ff: int = 3072
     activation: str = "gelu_tanh"
     scale_residual_init: bool = True
+    sliding_window: int | None = 256  # the band of the local layers (not in the paper: see Deviations)
+    attn_pattern: tuple[str, ...] = ("global", "local")  # dense, banded, dense, ... (§2.1)
 
 
 _CITE = "Brown et al. 2020, Language Models are Few-Shot Learners, Table 2.1"
@@ -81,6 +83,11 @@ TASKS = ("causal_lm",)
 
 def _row(L: int, D: int, H: int, K: int) -> Config:
     return Config(n_layers=L, d_model=D, n_heads=H, d_head=K, d_ff=4 * D)
+
+
+def _neo(L: int, D: int, H: int) -> Config:
+    return Config(n_layers=L, d_model=D, n_heads=H, d_ff=4 * D, qkv_bias=False, attn_scale=1.0, dropout=0.0,
+                  attn_dropout=0.0)
 
 
 # (name, n_layers, d_model, n_heads, d_head, exact count, nominal)
@@ -98,8 +105,13 @@ TABLE_2_1 = (
 PRESETS: dict[str, Preset] = {
     **{name: Preset(_row(L, D, H, K), _CITE, n, note=f"paper: {nominal}")
        for name, L, D, H, K, n, nominal in TABLE_2_1},
-    "gpt3-tiny": Preset(Config(vocab_size=512, max_len=128, d_model=64, n_heads=4, d_head=24, n_layers=2, d_ff=256),
-                        "test-sized GPT-3 (attention width 4 x 24 = 96 != d_model 64)", 157_632),
+    # EleutherAI's GPT-Neo checkpoints: GPT-3's pattern, no q/k/v biases, unscaled scores, no dropout
+    **{name: Preset(_neo(L, D, H), "Black et al. 2021, GPT-Neo (EleutherAI/" + name + ")", n)
+       for name, L, D, H, n in (("gpt-neo-125m", 12, 768, 12, 125_198_592), ("gpt-neo-1.3b", 24, 2048, 16, 1_315_575_808),
+                                ("gpt-neo-2.7b", 32, 2560, 20, 2_651_307_520))},
+    "gpt3-tiny": Preset(Config(vocab_size=512, max_len=128, d_model=64, n_heads=4, d_head=24, n_layers=2, d_ff=256,
+                               sliding_window=16),
+                        "test-sized GPT-3 (attention width 4 x 24 = 96 != d_model 64; band 16)", 157_632),
 }
 
 spec = decoder.spec

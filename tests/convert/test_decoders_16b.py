@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 from jaxlm import count  # noqa: E402
 from jaxlm.convert import hf  # noqa: E402
 from jaxlm.generate import generate  # noqa: E402
-from jaxlm.models import gemma, phi3  # noqa: E402
+from jaxlm.models import gemma, gemma2, gpt3, phi3  # noqa: E402
 
 pytestmark = pytest.mark.hf
 TOL = 1e-4
@@ -152,3 +152,82 @@ def test_phi3_rejects_longrope_and_windows():
                                                     "long_factor": [1.0] * 4}})
     with pytest.raises(hf.UnsupportedModelError, match=r"partial_rotary_factor=0.5"):
         hf.config_from_hf({**base, "partial_rotary_factor": 0.5})
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Gemma 2: local/global alternation with a window shorter than the test sequence, soft-caps, post-norms
+def gemma2_model(**kw):
+    cfg = transformers.Gemma2Config(vocab_size=300, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
+                                    num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                    max_position_embeddings=64, sliding_window=5, query_pre_attn_scalar=24,
+                                    attn_logit_softcapping=2.0, final_logit_softcapping=3.0,
+                                    attn_implementation="eager", **kw)
+    torch.manual_seed(0)
+    return _randomize(transformers.Gemma2ForCausalLM(cfg))
+
+
+def test_gemma2_import_export_generate(tmp_path):
+    m = gemma2_model()
+    loaded, _, _ = _roundtrip(m, tmp_path, gemma2, 300)
+    c = loaded.config
+    assert c.local_layers == (True, False, True) and c.sliding_window == 5 and c.post_norms
+    assert c.attn_scale == 24**-0.5 and (c.attn_softcap, c.final_logit_softcap) == (2.0, 3.0)
+    # the window, the caps and the post-norms each matter at this size: switching one off moves the logits
+    x = jnp.asarray(_tokens(300))
+    ref = np.asarray(gemma2.apply(loaded.params, x, c))
+    for change in ({"sliding_window": None}, {"attn_softcap": None}, {"final_logit_softcap": None}):
+        assert np.abs(np.asarray(gemma2.apply(loaded.params, x, c.replace(**change))) - ref).max() > 1e-2, change
+
+
+def test_gemma2_preset_counts_match_transformers():
+    assert gemma2.PRESETS["gemma2-2b"].n_params == 2_614_341_888
+    assert _meta_count(transformers.Gemma2Config, transformers.Gemma2ForCausalLM) == 2_614_341_888  # defaults
+    c = gemma2.PRESETS["gemma2-tiny"].config
+    assert _meta_count(transformers.Gemma2Config, transformers.Gemma2ForCausalLM, vocab_size=c.vocab_size,
+                       hidden_size=c.d_model, intermediate_size=c.d_ff, num_hidden_layers=c.n_layers,
+                       num_attention_heads=c.n_heads, num_key_value_heads=c.kv_heads,
+                       head_dim=c.head_dim) == count(gemma2.spec(c))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# GPT-Neo (the gpt3 family): global/local alternation (window shorter than the sequence), no q/k/v biases,
+# unscaled attention scores
+def gptneo_model():
+    cfg = transformers.GPTNeoConfig(vocab_size=300, max_position_embeddings=64, hidden_size=32, num_layers=2,
+                                    num_heads=4, attention_types=[[["global", "local"], 1]], window_size=4,
+                                    bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(0)
+    return _randomize(transformers.GPTNeoForCausalLM(cfg), std=0.05)
+
+
+def test_gptneo_import_export_generate(tmp_path):
+    loaded, _, _ = _roundtrip(gptneo_model(), tmp_path, gpt3, 300)
+    c = loaded.config
+    assert c.local_layers == (False, True) and c.sliding_window == 4
+    assert (c.qkv_bias, c.attn_scale, c.use_bias) == (False, 1.0, True)
+    assert "b" not in loaded.params["layers"]["attn"]["q"] and "b" in loaded.params["layers"]["attn"]["o"]
+
+
+def test_gpt3_presets_have_no_gptneo_form_but_gptneo_presets_do(tmp_path):
+    from jaxlm.models.base import Loaded
+
+    cfg = gpt3.PRESETS["gpt3-tiny"].config
+    with pytest.raises(hf.UnsupportedModelError, match=r"qkv_bias=None .*'gpt_neo' models have False.*attn_scale"):
+        hf.config_to_hf(gpt3, cfg)
+    neo = gpt3.PRESETS["gpt-neo-125m"].config
+    assert hf.config_to_hf(gpt3, neo)["attention_types"] == [[["global", "local"], 6]]
+    small = neo.replace(n_layers=2, d_model=32, n_heads=4, d_ff=128, vocab_size=300, max_len=64, sliding_window=4)
+    params = gpt3.init(__import__("jax").random.key(0), small)
+    out = hf.save(Loaded(family=gpt3, config=small, params=params), tmp_path / "neo")
+    back = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    x = _tokens(300)
+    np.testing.assert_allclose(_torch_logits(back, x), np.asarray(gpt3.apply(params, jnp.asarray(x), small)),
+                               atol=TOL)
+
+
+@pytest.mark.parametrize("name,L,D,H", [("gpt-neo-125m", 12, 768, 12), ("gpt-neo-1.3b", 24, 2048, 16),
+                                        ("gpt-neo-2.7b", 32, 2560, 20)])
+def test_gptneo_preset_counts_match_transformers(name, L, D, H):
+    n = _meta_count(transformers.GPTNeoConfig, transformers.GPTNeoForCausalLM, num_layers=L, hidden_size=D,
+                    num_heads=H, attention_types=[[["global", "local"], L // 2]])
+    assert gpt3.PRESETS[name].n_params == n == count(gpt3.spec(gpt3.PRESETS[name].config))
