@@ -116,7 +116,7 @@ def fields(act_key: str) -> tuple[hfmap.Field, ...]:
 
 
 FIXED = {"norm_position": "pre", "embed_scale": True, "pos_emb": "rope", "norm": "rmsnorm_1p",
-         "activation": "geglu_tanh", "final_norm": True, "use_bias": False}
+         "activation": "geglu_tanh", "final_norm": True, "use_bias": False, "qkv_bias": None, "rope_type": "default"}
 NO_BIAS = hfmap.only("attention_bias", (False,), False, "{model_type} with {key}={value} (the released Gemma "
                      "models have no biases; jaxlm's gemma has none)")
 L = "model.layers.{i}."
@@ -137,7 +137,8 @@ HF = hfmap.HFMapping(
     model_types={"gemma": "Gemma"},
     architectures={"gemma": "GemmaForCausalLM"},
     fields=fields("hidden_act"),
-    fixed={**FIXED, "post_norms": False, "final_logit_softcap": None},
+    fixed={**FIXED, "post_norms": False, "final_logit_softcap": None, "sliding_window": None, "attn_scale": None,
+           "attn_softcap": None},
     checks=(gelu_tanh("hidden_act"), plain_rope, NO_BIAS),
     drop=("rope_scaling", "hidden_activation"),
     prefix="model.",

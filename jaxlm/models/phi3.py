@@ -5,16 +5,14 @@ Llama-2"): pre-norm RMSNorm, RoPE, SwiGLU, no biases, untied head, vocabulary 32
 checkpoint layout: Hugging Face's ``Phi3ForCausalLM`` stores q, k and v as one fused ``qkv_proj`` (rows q | k |
 v, so under grouped-query attention the parts differ in size) and the SwiGLU gate and up projections as one
 ``gate_up_proj`` (rows gate | up); import splits them into jaxlm's separate ``attn/{q,k,v}`` and
-``mlp/{wi_0,wi_1}`` and export fuses them back (``hfmap.Fused``).
+``mlp/{wi_0,wi_1}`` and export fuses them back (``hfmap.Fused``). The released Phi-3-mini-4k config restricts
+every layer to a sliding window of 2047 keys (``sliding_window=2047``), which the preset follows.
 
 Parameter count (phi3-mini, 3,821,079,552): an untied table and head 32064 x 3072 each, plus 32 layers of
 q, k, v, o (3072 x 3072 each), the SwiGLU gate, up and down (3072 x 8192 each) and two norm scales, plus the
 final norm scale.
 
 Deviations:
-- the released Phi-3-mini-4k config sets ``sliding_window=2047``; jaxlm's phi3-mini attends over the full
-  4096 context (no window), and config.json files with a window shorter than max_position_embeddings are
-  refused with an error naming the field.
 - the long-context variants' RoPE scaling (``rope_type="longrope"``, Phi-3-mini-128k) and partial rotary
   embeddings (``partial_rotary_factor`` < 1) are not implemented; such configs are refused.
 - no dropout by default (``resid_pdrop``/``embd_pdrop``/``attention_dropout`` are 0 in the release).
@@ -46,6 +44,7 @@ class Config(ModelConfig):
     tie_embeddings: bool = False
     use_bias: bool = False
     pad_id: int = 32000
+    sliding_window: int | None = 2047  # every layer (attn_pattern ("local",)), as the released config.json
 
 
 KIND = "decoder"
@@ -55,7 +54,8 @@ PRESETS: dict[str, Preset] = {
     "phi3-mini": Preset(Config(), "Abdin et al. 2024, Phi-3 Technical Report (microsoft/Phi-3-mini-4k-instruct)",
                         3_821_079_552),
     "phi3-tiny": Preset(
-        Config(vocab_size=512, max_len=128, d_model=64, n_heads=4, n_kv_heads=2, n_layers=2, d_ff=172, pad_id=0),
+        Config(vocab_size=512, max_len=128, d_model=64, n_heads=4, n_kv_heads=2, n_layers=2, d_ff=172, pad_id=0,
+               sliding_window=None),
         "test-sized Phi-3 (grouped-query: the fused qkv_proj splits into unequal parts)", 156_480),
 }
 
@@ -79,12 +79,9 @@ def _rope(hc: dict) -> str | None:
     return None
 
 
-def _no_window(hc: dict) -> str | None:
-    sw = hc.get("sliding_window")
-    if sw is None or sw >= hc.get("max_position_embeddings", 4096):
-        return None
-    return (f"phi3 with sliding_window={sw} < max_position_embeddings={hc.get('max_position_embeddings', 4096)}: "
-            f"jaxlm's phi3 attends over the whole context (set sliding_window to null)")
+def _read_window(w: int | None, hc: dict) -> int | None:
+    # a window at least the context long is full attention (jaxlm's window may not exceed max_len)
+    return None if w is None or w >= hc.get("max_position_embeddings", 4096) else int(w)
 
 
 def _rope_theta(v: float | None, hc: dict) -> float:
@@ -117,15 +114,16 @@ HF = hfmap.HFMapping(
         hfmap.Field("resid_pdrop", "dropout", 0.0),
         hfmap.Field("embd_pdrop", write=lambda cfg: cfg.dropout),
         hfmap.Field("attention_dropout", "attn_dropout", 0.0),
-        hfmap.Field("sliding_window", write=lambda cfg: None),
+        hfmap.Field("sliding_window", "sliding_window", None, read=_read_window),
     ),
     fixed={"norm_position": "pre", "embed_scale": False, "pos_emb": "rope", "norm": "rmsnorm",
            "activation": "swiglu", "final_norm": True, "use_bias": False, "post_norms": False,
-           "final_logit_softcap": None},
+           "final_logit_softcap": None, "attn_pattern": ("local",), "attn_scale": None, "attn_softcap": None,
+           "qkv_bias": None, "rope_type": "default"},
     constants={"hidden_act": "silu"},
     checks=(hfmap.only("hidden_act", ("silu", "swish"), "silu",
                        "{model_type} with hidden_act={value!r} (jaxlm's Phi-3 uses SwiGLU, 'silu')"),
-            _rope, _no_window),
+            _rope),
     export_checks=(hfmap.default_head_dim,),
     drop=("rope_scaling", "partial_rotary_factor"),
     prefix="model.",

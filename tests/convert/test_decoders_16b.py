@@ -121,10 +121,11 @@ def phi3_model(**kw):
 
 
 def test_phi3_import_export_generate(tmp_path):
-    m = phi3_model()
+    m = phi3_model(sliding_window=5)  # the release's every-layer window (2047 of 4096), shorter than the test
     loaded, _, _ = _roundtrip(m, tmp_path, phi3, 300)
     c = loaded.config
     assert (c.n_heads, c.kv_heads, c.head_dim, c.tie_embeddings) == (6, 2, 8, False)
+    assert c.local_layers == (True, True) and c.sliding_window == 5
     # the fused tensors were split along their rows: q | k | v with 48 | 16 | 16 rows, gate | up
     sd = m.state_dict()
     qkv = sd["model.layers.1.self_attn.qkv_proj.weight"].numpy()
@@ -144,7 +145,7 @@ def test_phi3_preset_counts_match_transformers():
                        pad_token_id=0) == count(phi3.spec(c))
 
 
-def test_phi3_rejects_longrope_and_windows():
+def test_phi3_rejects_longrope_and_partial_rotary():
     base = {"model_type": "phi3", "vocab_size": 300, "hidden_size": 48, "intermediate_size": 80,
             "num_hidden_layers": 2, "num_attention_heads": 6, "max_position_embeddings": 4096}
     with pytest.raises(hf.UnsupportedModelError, match=r"rope_type='longrope'"):
