@@ -12,7 +12,9 @@ import pytest
 from jaxlm import cli
 
 
-@pytest.mark.parametrize("preset", ["gemma-tiny", "gemma2-tiny", "phi3-tiny", "gpt3-tiny"])
+# gemma2-tiny (local/global layers, soft-caps, post-norms) in the default suite; the others are slow-marked
+@pytest.mark.parametrize("preset", ["gemma2-tiny", *(pytest.param(p, marks=pytest.mark.slow)
+                                                     for p in ("gemma-tiny", "phi3-tiny", "gpt3-tiny"))])
 def test_jaxlm_train_and_generate_with_the_new_families(preset, tiny_experiment: Path, tmp_path: Path, capsys):
     run_dir = tmp_path / "run"
     assert cli.main(["train", str(tiny_experiment), f"model.preset={preset}", "model.max_len=32", "train.steps=3",
