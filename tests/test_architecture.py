@@ -121,6 +121,11 @@ def test_no_import_cycles():
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
+# strings that equal a family name but name something else: llama.cpp's GGUF ``tokenizer.ggml.pre`` value
+# "qwen2" picks a pre-tokenizer split regex (used by Qwen2 and other vocabularies), not the qwen2 family
+NOT_FAMILY_NAMES = {("jaxlm/convert/tokenizer.py", "qwen2")}
+
+
 def test_no_family_names_outside_the_family_files():
     """train/, generate/, convert/ and commands/ know families only through the registry and the family
     contract: no string literal names a family (or a Hugging Face model_type a family maps)."""
@@ -135,7 +140,10 @@ def test_no_family_names_outside_the_family_files():
         for path in sorted((ROOT / sub).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
-                    found.append(f"{path.relative_to(ROOT.parent)}:{node.lineno}: {node.value!r}")
+                    where = str(path.relative_to(ROOT.parent))
+                    if (where, node.value) in NOT_FAMILY_NAMES:
+                        continue
+                    found.append(f"{where}:{node.lineno}: {node.value!r}")
     assert not found, "family names outside jaxlm/models:\n" + "\n".join(found)
 
 

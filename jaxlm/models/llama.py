@@ -1,4 +1,7 @@
-"""A LLaMA-style decoder (Touvron et al., 2023, "Llama 2: Open Foundation and Fine-Tuned Chat Models").
+"""A LLaMA-style decoder (Touvron et al., 2023, "Llama 2: Open Foundation and Fine-Tuned Chat Models"), and
+Llama 3.1 (Meta, 2024, "The Llama 3 Herd of Models"; model card meta-llama/Llama-3.1-8B): the same
+architecture with a 128k vocabulary, rope_theta 500000 and "llama3" RoPE scaling (factor 8,
+low/high_freq_factor 1/4, original context 8192; :func:`jaxlm.nn.positions.rope_frequencies`).
 
 Pre-norm with RMSNorm, rotary position embeddings (rotate-half convention, as in Hugging Face's
 ``LlamaForCausalLM``), SwiGLU feed-forward, no biases, grouped-query attention (``n_kv_heads`` < ``n_heads``),
@@ -7,7 +10,9 @@ untied output head (tied for small models such as SmolLM2).
 Deviations:
 - ``norm_eps`` defaults to 1e-5 (Llama 2's released config) where the LLaMA paper's code used 1e-6.
 - no dropout by default (the papers do not use it); ``dropout`` fields exist for fine-tuning.
-- RoPE scaling variants (Llama 3.1 "llama3" rope_type, NTK) are not implemented; presets avoid them.
+- RoPE scaling: "linear" and Llama 3.1's "llama3" are implemented; dynamic NTK, YaRN and LongRoPE are not
+  (importing such a checkpoint is an error naming rope_type and the supported values).
+- Mistral (same layers plus a sliding window) is its own family, :mod:`jaxlm.models.mistral`.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from jaxlm.models import decoder, hfmap
+from jaxlm.models import decoder, hfmap, hfparts
 from jaxlm.models.base import ModelConfig, Preset
 
 
@@ -49,6 +54,17 @@ PRESETS: dict[str, Preset] = {
         Config(vocab_size=49152, max_len=8192, d_model=576, n_heads=9, n_kv_heads=3, n_layers=30, d_ff=1536,
                rope_theta=100000.0, tie_embeddings=True),
         "Allal et al. 2025, SmolLM2 (HuggingFaceTB/SmolLM2-135M)", 134_515_008),
+    "llama3.1-8b": Preset(
+        Config(vocab_size=128256, max_len=131072, d_model=4096, n_heads=32, n_kv_heads=8, n_layers=32, d_ff=14336,
+               rope_theta=500000.0, rope_type="llama3", rope_factor=8.0, rope_low_freq_factor=1.0,
+               rope_high_freq_factor=4.0, rope_original_max_len=8192),
+        "Meta 2024, The Llama 3 Herd of Models; model card meta-llama/Llama-3.1-8B", 8_030_261_248),
+    "llama3.1-tiny": Preset(
+        Config(vocab_size=512, max_len=128, d_model=64, n_heads=4, n_kv_heads=2, n_layers=2, d_ff=172,
+               rope_theta=500000.0, rope_type="llama3", rope_factor=8.0, rope_low_freq_factor=1.0,
+               rope_high_freq_factor=4.0, rope_original_max_len=32),
+        "test-sized Llama 3.1 (llama3 RoPE scaling with a 32-token original context, so it acts at test lengths)",
+        156_480),
     "llama-tiny": Preset(
         Config(vocab_size=512, max_len=128, d_model=64, n_heads=4, n_kv_heads=2, n_layers=2, d_ff=172),
         "test-sized LLaMA (grouped-query: 4 query heads over 2 key/value heads)", 156_480),
@@ -62,45 +78,11 @@ init_cache = decoder.init_cache
 
 # ------------------------------------------------------------------------------------------------------------
 # Hugging Face mapping
-def _rope_type(hc: dict) -> str | None:
-    """The RoPE variant of a config.json: transformers < 5 says it in rope_scaling, 5 in rope_parameters."""
-    scaling = hc.get("rope_scaling")
-    if scaling:
-        return scaling.get("rope_type", scaling.get("type"))
-    return (hc.get("rope_parameters") or {}).get("rope_type", "default")
-
-
-def _plain_rope(hc: dict) -> str | None:
-    kind = _rope_type(hc)
-    if kind in (None, "default"):
-        return None
-    return (f"RoPE scaling {kind!r} (rope_scaling / rope_parameters) is not implemented in jaxlm; only plain RoPE "
-            f"(rope_type 'default') is")
-
-
 def _one_bias_switch(hc: dict) -> str | None:
     if hc.get("attention_bias", False) == hc.get("mlp_bias", False):
         return None
     return (f"{hc['model_type']} with attention_bias={hc.get('attention_bias')} but mlp_bias={hc.get('mlp_bias')}: "
             f"jaxlm's use_bias covers both")
-
-
-def _no_sliding_window(hc: dict) -> str | None:
-    sw = hc.get("sliding_window")
-    if hc["model_type"] != "mistral" or sw is None or sw >= hc.get("max_position_embeddings", 0):
-        return None
-    return (f"Mistral sliding-window attention (sliding_window={sw} < max_position_embeddings="
-            f"{hc.get('max_position_embeddings')}) is not implemented; configs with sliding_window=null are")
-
-
-def _rope_theta(v: float | None, hc: dict) -> float:
-    return float(v if v is not None else (hc.get("rope_parameters") or {}).get("rope_theta", 10000.0))
-
-
-def _write_config(cfg: Config, hc: dict) -> dict:
-    if hc["model_type"] == "mistral":
-        hc["sliding_window"] = None  # full attention, which is what jaxlm computes
-    return hc
 
 
 def _gguf_config(meta: hfmap.GGUFMetadata) -> dict:
@@ -129,8 +111,8 @@ _L = "model.layers.{i}."
 _PROJ = (("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"))
 _MLP = (("wi_0", "mlp.gate_proj"), ("wi_1", "mlp.up_proj"), ("wo", "mlp.down_proj"))
 HF = hfmap.HFMapping(
-    model_types={"llama": "LLaMA", "mistral": "Mistral"},
-    architectures={"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM"},
+    model_types={"llama": "LLaMA"},
+    architectures={"llama": "LlamaForCausalLM"},
     fields=(
         hfmap.Field("vocab_size", "vocab_size"),
         hfmap.Field("max_position_embeddings", "max_len", 2048),
@@ -143,8 +125,7 @@ HF = hfmap.HFMapping(
         hfmap.Field("head_dim", "d_head", None, write=lambda cfg: cfg.head_dim,
                     read=lambda k, hc: None if not k or k * hc["num_attention_heads"] == hc["hidden_size"] else k),
         hfmap.Field("rms_norm_eps", "norm_eps", 1e-6),
-        hfmap.Field("rope_theta", "rope_theta", None, read=_rope_theta),
-        hfmap.Field("rope_parameters", write=lambda cfg: {"rope_type": "default", "rope_theta": cfg.rope_theta}),
+        *hfparts.rope_fields(),
         hfmap.Field("tie_word_embeddings", "tie_embeddings", False),
         hfmap.Field("attention_bias", "use_bias", False),
         hfmap.Field("mlp_bias", write=lambda cfg: cfg.use_bias),
@@ -155,9 +136,8 @@ HF = hfmap.HFMapping(
     constants={"hidden_act": "silu"},
     checks=(hfmap.only("hidden_act", ("silu", "swish"), "silu",
                        "{model_type} with hidden_act={value!r} (jaxlm's LLaMA uses SwiGLU, 'silu')"),
-            _one_bias_switch, _no_sliding_window, _plain_rope),
+            _one_bias_switch, hfparts.check_rope),
     drop=("rope_scaling",),
-    write_config=_write_config,
     prefix="model.",
     rules=(
         ("embed/tokens", "model.embed_tokens.weight", "copy"),

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 from jaxlm import pretrained  # noqa: E402
 from jaxlm.convert import hf  # noqa: E402
-from jaxlm.models import bert, gpt2, llama  # noqa: E402
+from jaxlm.models import bert, gpt2, llama, mistral  # noqa: E402
 
 pytestmark = pytest.mark.hf
 TOL = 1e-4
@@ -93,7 +93,8 @@ def test_mistral_config_without_sliding_window(tmp_path):
     torch.manual_seed(0)
     m = _randomize(transformers.MistralForCausalLM(cfg))
     loaded = hf.load(_save(m, tmp_path / "hf"))
-    assert loaded.family is llama and loaded.config.head_dim == 16 and loaded.config.kv_heads == 3
+    assert loaded.family is mistral and loaded.config.head_dim == 16 and loaded.config.kv_heads == 3
+    assert loaded.config.sliding_window is None
     x = _tokens(300)
     ref = _torch_logits(m, x)
     assert np.abs(np.asarray(llama.apply(loaded.params, jnp.asarray(x), loaded.config)) - ref).max() < TOL
@@ -200,12 +201,12 @@ def test_unsupported_architectures(tmp_path):
     with pytest.raises(hf.UnsupportedModelError, match=r"model_type 't5'.*supported model_type values.*'gpt2'"):
         hf.config_from_hf(t5.to_dict())
     lc = llama_model().config.to_dict()
-    lc["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0}
-    with pytest.raises(hf.UnsupportedModelError, match="RoPE scaling 'llama3'"):
+    lc["rope_scaling"] = {"rope_type": "yarn", "factor": 8.0}
+    with pytest.raises(hf.UnsupportedModelError, match="rope_scaling.rope_type='yarn'.*supported rope_type values"):
         hf.config_from_hf(lc)
+    # a Mistral sliding window, rejected before issue 16, now loads as the mistral family
     mc = transformers.MistralConfig(max_position_embeddings=4096, sliding_window=1024).to_dict()
-    with pytest.raises(hf.UnsupportedModelError, match="sliding-window"):
-        hf.config_from_hf(mc)
+    assert hf.config_from_hf(mc)[1].sliding_window == 1024
 
 
 def test_shape_mismatch_between_config_and_weights(tmp_path):

@@ -199,7 +199,7 @@ def test_per_layer_windows_scan_loop_and_kv_cache_past_the_window(pattern):
     full = fwd(params, tokens, cfg)
     np.testing.assert_allclose(full, _manual_forward(params, tokens, cfg), atol=1e-5)
     np.testing.assert_allclose(fwd(params, tokens, cfg.replace(scan_layers=False)), full, atol=1e-5)
-    for impl in ("xla", "flash"):
+    for impl in ("xla", "flash") if pattern == "local/global" else ():  # the masks are the same for any pattern
         np.testing.assert_allclose(fwd(params, tokens, cfg.replace(attn_impl=impl)), full, atol=1e-5, err_msg=impl)
     # the window matters: a full-attention model differs from position 3 on (the first token past the window)
     nowin = fwd(params, tokens, cfg.replace(sliding_window=None))
