@@ -183,9 +183,10 @@ def _to_hf(a: np.ndarray, op: str) -> np.ndarray:
     return np.ascontiguousarray(a.reshape(out))
 
 
-def normalise_names(m: HFMapping, tensors: dict[str, Any]) -> dict[str, Any]:
+def normalise_names(m: HFMapping, tensors: dict[str, Any], cfg: Any = None) -> dict[str, Any]:
     """Checkpoint tensors renamed to the names of ``m.rules``: ``m.renames`` applied, the backbone prefix
-    added to bare backbone names, fused tensors split (a tensor may be None when only names matter)."""
+    added to bare backbone names, fused tensors split (a tensor may be None when only names matter; a fused
+    tensor with unequal ``sizes`` needs the Config ``cfg`` to be split)."""
     heads = m.head_prefixes()
     out = {}
     for k, v in tensors.items():
@@ -197,7 +198,12 @@ def normalise_names(m: HFMapping, tensors: dict[str, Any]) -> dict[str, Any]:
     for fu in m.fused:
         for k in [k for k in out if fu.hf in k]:
             v = out.pop(k)
-            parts = [None] * len(fu.parts) if v is None else np.split(np.asarray(v), len(fu.parts), axis=fu.axis)
+            if v is None:
+                parts = [None] * len(fu.parts)
+            elif fu.sizes is not None and cfg is not None:
+                parts = np.split(np.asarray(v), np.cumsum(fu.sizes(cfg))[:-1], axis=fu.axis)
+            else:
+                parts = np.split(np.asarray(v), len(fu.parts), axis=fu.axis)
             for name, part in zip(fu.parts, parts):
                 out[k.replace(fu.hf, name)] = part
     return out
@@ -207,7 +213,7 @@ def params_from_hf(family: ModuleType, cfg: Any, tensors: dict[str, Any], source
     """HF tensor dict -> jaxlm params tree (numpy arrays) for ``cfg``; clear errors for missing tensors and
     shape mismatches; unknown extra tensors are logged."""
     m = _mapping(family)
-    tensors = normalise_names(m, tensors)
+    tensors = normalise_names(m, tensors, cfg)
     rules, spec = _rules(family, cfg)
     flat, missing, wrong, used = {}, [], [], set()
     for ours, hf, op in rules:

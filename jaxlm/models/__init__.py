@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from jaxlm.models import bert, gpt2, llama, mistral, qwen2, transformer
+from jaxlm.models import bert, gemma, gemma2, gpt2, gpt3, llama, mistral, phi3, qwen2, transformer
 from jaxlm.models.base import FamilyError, Loaded, ModelConfig, Preset, check_family, lookup
 
 
@@ -21,7 +21,8 @@ def _register(*modules: ModuleType) -> dict[str, ModuleType]:
     return out
 
 
-FAMILIES: dict[str, ModuleType] = _register(transformer, gpt2, bert, llama, qwen2, mistral)
+FAMILIES: dict[str, ModuleType] = _register(transformer, gpt2, bert, llama, qwen2, mistral, gemma, gemma2, phi3,
+                                            gpt3)
 
 REGISTRY: dict[str, tuple[ModuleType, Preset]] = {
     name: (mod, preset) for mod in FAMILIES.values() for name, preset in mod.PRESETS.items()

@@ -51,6 +51,8 @@ class ModelConfig:
     use_bias: bool = True
     embed_scale: bool = False  # multiply token embeddings by sqrt(d_model) (Vaswani §3.4)
     final_norm: bool = True
+    post_norms: bool = False  # also normalise each sub-block's output before the residual sum (Gemma 2)
+    final_logit_softcap: float | None = None  # logits -> cap * tanh(logits / cap) (Gemma 2: 30)
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
     init: str = "normal"  # "normal" (init_std) or "xavier"
@@ -117,7 +119,8 @@ class ModelConfig:
     @property
     def block_cfg(self) -> blocks.BlockConfig:
         return blocks.BlockConfig(attn=self.attn_cfg, ffn=self.ffn_cfg, norm=self.norm_cfg,
-                                  norm_position=self.norm_position, dropout=self.dropout)
+                                  norm_position=self.norm_position, dropout=self.dropout,
+                                  post_norms=self.post_norms)
 
     @property
     def _out_scale(self) -> float:
@@ -177,6 +180,14 @@ class ModelConfig:
                     isinstance(v, bool) or not isinstance(v, numbers.Integral) or not 0 <= v < self.vocab_size):
                 raise ConfigError(f"{name}.{f}={v!r} must be in [0, vocab_size={self.vocab_size}): an integer, "
                                   f"the tokenizer's id of that special token.")
+        cap = self.final_logit_softcap
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, numbers.Real) or not cap > 0
+                                or math.isinf(cap)):
+            raise ConfigError(f"{name}.final_logit_softcap={cap!r} must be a positive finite number (Gemma 2 uses "
+                              f"30.0) or None for no capping.")
+        if self.post_norms and self.norm_position != "pre":
+            raise ConfigError(f"{name}: post_norms=True (a norm on each sub-block's output, Gemma 2) needs "
+                              f"norm_position='pre', got {self.norm_position!r}.")
         check_choice(f"{name}.activation", self.activation, ffn.ALL)
         check_choice(f"{name}.norm", self.norm, norms.NORMS)
         check_choice(f"{name}.norm_position", self.norm_position, ("pre", "post"))

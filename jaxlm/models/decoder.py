@@ -187,9 +187,20 @@ def run_layers(layers, x: jax.Array, cfg, *, mask=None, positions=None, enc=None
 
 
 def logits(params: dict, x: jax.Array, cfg) -> jax.Array:
-    """Final hidden [B, T, D] -> float32 logits [B, T, V] (tied to the token table, or the untied head)."""
+    """Final hidden [B, T, D] -> float32 logits [B, T, V] (tied to the token table, or the untied head),
+    soft-capped to ``cap * tanh(logits / cap)`` when ``cfg.final_logit_softcap`` is set (Gemma 2; the cap is
+    applied in float32, after the cast, as transformers does on its float32 logits)."""
     out = embed_lib.attend(params["embed"], x) if cfg.tie_embeddings else embed_lib.unembed(params["lm_head"], x)
-    return out.astype(jnp.float32)
+    out = out.astype(jnp.float32)
+    cap = getattr(cfg, "final_logit_softcap", None)
+    if cap is not None:
+        out = softcap(out, cap)
+    return out
+
+
+def softcap(x: jax.Array, cap: float) -> jax.Array:
+    """``cap * tanh(x / cap)``: a smooth clamp of ``x`` into (-cap, cap) (Gemma 2's logit soft-capping)."""
+    return cap * jnp.tanh(x / cap)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ Tensors <-> params
   with heads split out, e.g. ``attn/q/w`` [D, H, K] is ``linear1``, ``attn/o/w`` [H, K, D] is ``linear2``);
   ``"conv<n>"`` (GPT-2's ``Conv1D``, already ``[in, out]``).
 - ``renames``: substring renames of checkpoint names on import (TF-era ``LayerNorm.gamma``/``beta``).
-- ``fused``: :class:`Fused` tensors that hold several of ours side by side (GPT-2's ``c_attn`` = q | k | v).
+- ``fused``: :class:`Fused` tensors that hold several of ours side by side (GPT-2's ``c_attn`` = q | k | v;
+  Phi-3's ``qkv_proj`` and ``gate_up_proj``, whose parts may differ in size: ``Fused.sizes``).
 - ``ignored``: substrings of checkpoint names that carry no parameters (buffers, tied copies); they are not
   reported as unused.
 - ``bare``: exported classes whose tensor names have no ``prefix`` (``BertModel``).
@@ -103,12 +104,15 @@ class Field:
 @dataclass(frozen=True)
 class Fused:
     """An HF tensor that concatenates several of the rules' tensors along ``axis``: a checkpoint name
-    containing ``hf`` is split into equal parts named with ``hf`` replaced by each of ``parts`` (import), and
-    joined back (export)."""
+    containing ``hf`` is split into parts named with ``hf`` replaced by each of ``parts`` (import), and
+    joined back (export). The parts are equal unless ``sizes(cfg)`` gives their lengths along ``axis`` (Phi-3's
+    ``qkv_proj`` under grouped-query attention: q is ``n_heads * head_dim`` rows, k and v ``kv_heads *
+    head_dim`` each)."""
 
     hf: str
     parts: tuple[str, ...]
     axis: int = -1
+    sizes: Callable[[Any], tuple[int, ...]] | None = None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 
 Post-norm (Vaswani et al.): ``x = Norm(x + Dropout(Sublayer(x)))``.
 Pre-norm (GPT-2, LLaMA):    ``x = x + Dropout(Sublayer(Norm(x)))``.
+Pre- and post-norm (Gemma 2, ``post_norms=True``): ``x = x + Dropout(PostNorm(Sublayer(Norm(x))))``, a
+second norm on each sub-layer's output before the residual sum (transformers' ``post_attention_layernorm`` /
+``post_feedforward_layernorm``).
 
 The sub-layer functions are arguments (``attn_fn``, ``ffn_fn``, ``norm_fn``), so a user composes a
 different block by passing different functions with the same signatures; each receives its own narrow
@@ -29,6 +32,7 @@ class BlockConfig:
     norm: norms.NormConfig
     norm_position: str = "pre"  # "pre" or "post"
     dropout: float = 0.0  # on each sub-layer's output before the residual sum
+    post_norms: bool = False  # with "pre": also normalise each sub-layer's output (Gemma 2's sandwich norms)
 
 
 def config(cfg) -> BlockConfig:
@@ -37,14 +41,23 @@ def config(cfg) -> BlockConfig:
 
 
 def spec(cfg, *, cross: bool = False) -> dict:
-    """``norm1, attn, [norm_cross, cross], norm2, mlp``."""
+    """``norm1, attn, [norm_cross, cross], norm2, mlp`` (+ ``post_norm1, [post_norm_cross], post_norm2``
+    with ``post_norms``)."""
     c = config(cfg)
+    if c.post_norms and c.norm_position != "pre":
+        raise ValueError("post_norms=True adds a norm on each sub-layer's output inside a pre-norm block; "
+                         "it needs norm_position='pre' (a post-norm block already normalises after the sum).")
     p = {"norm1": norms.spec(c.norm), "attn": attention.spec(c.attn)}
     if cross:
         p["norm_cross"] = norms.spec(c.norm)
         p["cross"] = attention.spec(c.attn)
     p["norm2"] = norms.spec(c.norm)
     p["mlp"] = ffn.spec(c.ffn)
+    if c.post_norms:
+        p["post_norm1"] = norms.spec(c.norm)
+        if cross:
+            p["post_norm_cross"] = norms.spec(c.norm)
+        p["post_norm2"] = norms.spec(c.norm)
     return p
 
 
@@ -80,6 +93,10 @@ def apply(
     k_attn, k_res1, k_x, k_res2, k_ffn, k_res3 = _keys(key, 6)
     pre = c.norm_position == "pre"
     rate = c.dropout
+
+    def out_norm(name: str, y: jax.Array) -> jax.Array:  # Gemma 2's norm on a sub-layer's output
+        return norm_fn(p["post_" + name], y, c.norm) if c.post_norms else y
+
     aux: dict = {}
     new_cache: dict = {}
 
@@ -87,7 +104,7 @@ def apply(
     a, a_aux = attn_fn(p["attn"], h, c.attn, mask=mask, positions=positions,
                        cache=None if cache is None else cache["self"], cache_index=cache_index,
                        key=k_attn, return_weights=return_weights)
-    x = x + ffn.dropout(a, rate, k_res1)
+    x = x + ffn.dropout(out_norm("norm1", a), rate, k_res1)
     if not pre:
         x = norm_fn(p["norm1"], x, c.norm)
     if "cache" in a_aux:
@@ -100,7 +117,7 @@ def apply(
         y, c_aux = attn_fn(p["cross"], h, c.attn, kv=enc, mask=enc_mask,
                            cache=None if cache is None else cache.get("cross"), cache_index=None,
                            key=k_x, return_weights=return_weights)
-        x = x + ffn.dropout(y, rate, k_res2)
+        x = x + ffn.dropout(out_norm("norm_cross", y), rate, k_res2)
         if not pre:
             x = norm_fn(p["norm_cross"], x, c.norm)
         if "cache" in c_aux:
@@ -109,7 +126,7 @@ def apply(
             aux["cross_weights"] = c_aux["weights"]
 
     h = norm_fn(p["norm2"], x, c.norm) if pre else x
-    x = x + ffn.dropout(ffn_fn(p["mlp"], h, c.ffn, key=k_ffn), rate, k_res3)
+    x = x + ffn.dropout(out_norm("norm2", ffn_fn(p["mlp"], h, c.ffn, key=k_ffn)), rate, k_res3)
     if not pre:
         x = norm_fn(p["norm2"], x, c.norm)
     if cache is not None:

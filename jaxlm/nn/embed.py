@@ -65,7 +65,9 @@ def apply(p: dict, tokens: jax.Array, dtype=jnp.float32, scale: float | None = N
     # jnp.take wraps them around even with mode="fill".
     tokens = jnp.where(tokens < 0, table.shape[0], tokens)
     x = jnp.take(table, tokens, axis=0, mode="fill", fill_value=0).astype(dtype)
-    return x * scale if scale is not None else x
+    # the scale is cast to ``dtype`` first (a bfloat16 model multiplies by bfloat16(sqrt(d)), as transformers'
+    # Gemma does with its normalizer)
+    return x * jnp.asarray(scale, dtype) if scale is not None else x
 
 
 def attend(p: dict, x: jax.Array) -> jax.Array:

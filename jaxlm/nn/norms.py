@@ -1,4 +1,4 @@
-"""LayerNorm (with or without bias) and RMSNorm; statistics computed in float32.
+"""LayerNorm (with or without bias), RMSNorm and Gemma's ``(1 + w)`` RMSNorm; statistics computed in float32.
 
 Functions take a :class:`NormConfig` (or any config whose ``norm_cfg`` property returns one)."""
 
@@ -11,7 +11,9 @@ import jax.numpy as jnp
 
 from jaxlm.params import Param, ones, zeros
 
-NORMS = ("layernorm", "layernorm_nobias", "rmsnorm")
+# "rmsnorm_1p": RMSNorm whose stored scale w is an offset from one, x / rms(x) * (1 + w), with w initialised
+# to zeros (Gemma 1/2; transformers' GemmaRMSNorm multiplies in float32 before casting back, as we do)
+NORMS = ("layernorm", "layernorm_nobias", "rmsnorm", "rmsnorm_1p")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,11 +32,12 @@ def config(cfg) -> NormConfig:
 
 
 def spec(cfg, dim: int | None = None) -> dict:
-    """``{"scale": [D]}`` plus ``{"bias": [D]}`` for ``kind == "layernorm"`` (D = ``dim`` or the config's)."""
+    """``{"scale": [D]}`` plus ``{"bias": [D]}`` for ``kind == "layernorm"`` (D = ``dim`` or the config's).
+    ``rmsnorm_1p`` stores the offset from one, so its scale starts at zeros."""
     c = config(cfg)
     d = dim or c.dim
     dt = jnp.dtype(c.param_dtype)
-    p = {"scale": Param((d,), ("embed",), ones, dt)}
+    p = {"scale": Param((d,), ("embed",), zeros if c.kind == "rmsnorm_1p" else ones, dt)}
     if c.kind == "layernorm":
         p["bias"] = Param((d,), ("embed",), zeros, dt)
     return p
@@ -51,11 +54,12 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array | None, eps: floa
     return y.astype(x.dtype)
 
 
-def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
-    """x / sqrt(mean(x^2) + eps) * scale over the last axis (Zhang & Sennrich, 2019)."""
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float, offset: float = 0.0) -> jax.Array:
+    """x / sqrt(mean(x^2) + eps) * (offset + scale) over the last axis (Zhang & Sennrich, 2019); Gemma's
+    norm is ``offset=1`` (the product is taken in float32 and cast back once, as transformers does)."""
     xf = x.astype(jnp.float32)
     y = xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + eps)
-    return (y * scale.astype(jnp.float32)).astype(x.dtype)
+    return (y * (offset + scale.astype(jnp.float32))).astype(x.dtype)
 
 
 def apply(p: dict, x: jax.Array, cfg) -> jax.Array:
@@ -63,4 +67,6 @@ def apply(p: dict, x: jax.Array, cfg) -> jax.Array:
     c = config(cfg)
     if c.kind == "rmsnorm":
         return rms_norm(x, p["scale"], c.eps)
+    if c.kind == "rmsnorm_1p":
+        return rms_norm(x, p["scale"], c.eps, offset=1.0)
     return layer_norm(x, p["scale"], p.get("bias"), c.eps)

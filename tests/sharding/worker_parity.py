@@ -23,7 +23,8 @@ import jax  # noqa: E402
 from jaxlm import parallel, sharding  # noqa: E402
 
 PROBE = ("embed/tokens", "layers/attn/q/w", "layers/attn/k/w", "layers/attn/o/w", "layers/mlp/wi/w", "layers/mlp/wo/w",
-         "decoder/layers/attn/q/w", "encoder/layers/mlp/wi/w", "layers/attn/q/b", "layers/attn/k/b")
+         "decoder/layers/attn/q/w", "encoder/layers/mlp/wi/w", "layers/attn/q/b", "layers/attn/k/b",
+         "layers/post_norm1/scale", "layers/mlp/wi_0/w")
 
 
 def spec_of(x) -> list:
