@@ -130,13 +130,15 @@ def causal_mask(B: int, T: int, *, segment_ids=None, kv_valid=None, cache: dict 
 
 def run_layers(layers, x: jax.Array, cfg, *, mask=None, positions=None, enc=None, enc_mask=None,
                cache: dict | None = None, cache_index=None, key: jax.Array | None = None,
-               return_weights: bool = False, block_fn: Callable = blocks.apply) -> tuple[jax.Array, dict]:
+               return_weights: bool = False, block_fn: Callable = blocks.apply,
+               bias: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """The layer loop: ``x`` [B, T, D] through every block -> (x, ys).
 
     ``layers``: the stacked block parameters (scanned, or looped with ``cfg.scan_layers=False``) or a list
     of per-layer trees. ``cache``: ``{"self": ..., ["cross": ...]}`` with stacked leaves (or per-layer lists,
     matching ``layers``). ys holds ``cache`` (the updated cache, same layout) and, with
-    ``return_weights``, ``weights`` / ``cross_weights`` stacked over layers.
+    ``return_weights``, ``weights`` / ``cross_weights`` stacked over layers. ``bias`` [B|1, H, T, S] is one
+    self-attention score bias shared by every layer (T5's relative position bias, computed once).
     """
     per_layer = isinstance(layers, list)
     n = len(layers) if per_layer else jax.tree.leaves(layers)[0].shape[0]
@@ -150,7 +152,8 @@ def run_layers(layers, x: jax.Array, cfg, *, mask=None, positions=None, enc=None
     def body(p, h, layer_xs):
         k, c = layer_xs
         h, aux = block_fn(p, h, cfg, mask=mask, positions=positions, enc=enc, enc_mask=enc_mask, cache=c,
-                          cache_index=cache_index, key=k, return_weights=return_weights)
+                          cache_index=cache_index, key=k, return_weights=return_weights,
+                          **({} if bias is None else {"bias": bias}))
         out = {}
         if c is not None:
             out["cache"] = aux["cache"]["self"]  # cross-attention keys/values never change: not re-emitted

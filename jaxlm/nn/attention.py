@@ -54,6 +54,7 @@ class AttentionConfig:
     rope_theta: float = 10000.0
     dropout: float = 0.0  # on attention probabilities
     impl: str = "reference"
+    scale: float | None = None  # multiplies q.k; None = 1/sqrt(head_dim) (T5 folds it into the init: 1.0)
 
     @property
     def kv_heads(self) -> int:
@@ -92,8 +93,10 @@ def softmax_attention(
     bias: jax.Array | None = None,
     dropout_rate: float = 0.0,
     key: jax.Array | None = None,
+    scale: float | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """``softmax(q k / sqrt(K) + bias, masked) v`` for any head layout, named by two einsum equations.
+    """``softmax(q k / sqrt(K) + bias, masked) v`` for any head layout, named by two einsum equations
+    (``scale`` replaces 1/sqrt(K) when given).
 
     ``scores_eq`` maps (q, k) to scores and ``out_eq`` maps (probabilities, v) to the output; ``mask``
     (True = attend) and ``bias`` must broadcast to the scores. Scores and softmax are float32; the
@@ -101,7 +104,8 @@ def softmax_attention(
     The grouped layout of :func:`dot_product_attention` and the KV-cache decode layout of
     :mod:`jaxlm.generate.kv_decode` both run through here.
     """
-    scores = jnp.einsum(scores_eq, q, k).astype(jnp.float32) * (q.shape[-1] ** -0.5)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = jnp.einsum(scores_eq, q, k).astype(jnp.float32) * scale
     if bias is not None:
         scores = scores + bias.astype(jnp.float32)
     if mask is not None:
@@ -125,14 +129,18 @@ def dot_product_attention(
     dropout_rate: float = 0.0,
     key: jax.Array | None = None,
     return_weights: bool = False,
+    scale: float | None = None,
 ) -> tuple[jax.Array, jax.Array | None]:
     """Scaled dot-product attention over grouped heads.
 
     q: [B, T, H, K]; k, v: [B, S, G, K] with H % G == 0; mask: bool broadcastable to [B, H, T, S]
-    (True = attend); bias: float broadcastable to [B, H, T, S]. Returns (out [B, T, H, K],
-    weights [B, H, T, S] or None).
+    (True = attend); bias: float broadcastable to [B, H, T, S]; ``scale`` multiplies q.k (None =
+    1/sqrt(K)). Returns (out [B, T, H, K], weights [B, H, T, S] or None).
     """
     B, T, H, K = q.shape
+    if scale is not None and impl in ("xla", "cudnn", "flash"):
+        # the fused kernels scale by 1/sqrt(K) themselves: fold the requested scale into q instead
+        q = (q.astype(jnp.float32) * (scale * K**0.5)).astype(q.dtype)
     S, G = k.shape[1], k.shape[2]
     if H % G:
         raise ValueError(f"{H} query heads cannot be grouped over {G} key/value heads.")
@@ -148,7 +156,7 @@ def dot_product_attention(
     out, probs = softmax_attention(
         q.reshape(B, T, G, h, K), k, v, scores_eq="BTGhK,BSGK->BGhTS", out_eq="BGhTS,BSGK->BTGhK",
         mask=None if mask is None else _group(mask, G, h), bias=None if bias is None else _group(bias, G, h),
-        dropout_rate=dropout_rate if use_dropout else 0.0, key=key)
+        dropout_rate=dropout_rate if use_dropout else 0.0, key=key, scale=scale)
     weights = probs.reshape(B, H, T, S) if return_weights else None
     return out.reshape(B, T, H, K), weights
 
@@ -196,6 +204,7 @@ def apply(
     key: jax.Array | None = None,
     return_weights: bool = False,
     impl: str | None = None,
+    bias: jax.Array | None = None,
 ) -> tuple[jax.Array, dict]:
     """Attention of ``x`` [B, T, D] over itself (self) or over ``kv`` [B, S, D] (cross).
 
@@ -203,7 +212,8 @@ def apply(
     KV cache: with ``cache={"k","v": [B, S_max, G, K]}`` and an integer ``cache_index``, this step's keys and
     values are written at ``[cache_index, cache_index + T)`` and attention runs over the whole cache
     (``mask`` must then cover S_max). With ``cache`` and ``cache_index=None`` the cache is used as
-    precomputed keys/values (cross-attention during decoding). Returns (out [B, T, D], aux) where aux has
+    precomputed keys/values (cross-attention during decoding). ``bias`` (float, broadcastable to
+    [B, H, T, S]) is added to the scores, e.g. T5's relative position bias. Returns (out [B, T, D], aux) where aux has
     ``"cache"`` when a cache was given and ``"weights"`` [B, H, T, S] when asked.
     """
     c = config(cfg)
@@ -227,7 +237,6 @@ def apply(
             v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), cache_index, axis=1)
             aux["cache"] = {"k": k, "v": v}
             k, v = k.astype(dt), v.astype(dt)
-    bias = None
     # ALiBi is a self-attention bias; a precomputed cache with no cache_index is cross-attention: no bias
     if c.pos_emb == "alibi" and kv is None and not (cache is not None and cache_index is None):
         if kv_positions is not None:
@@ -240,11 +249,12 @@ def apply(
             # the left), so slot s holds position s - (its slot - its position).
             offset = cache_index + T - 1 - positions[:, -1:]  # [B, 1]
             kp = jnp.arange(k.shape[1])[None] - offset  # [B, S]
-        bias = pos_enc.alibi_bias(c.n_heads, positions, kp)
+        alibi = pos_enc.alibi_bias(c.n_heads, positions, kp)
+        bias = alibi if bias is None else bias + alibi
     rate = c.dropout if key is not None else 0.0
     out, w = dot_product_attention(
         q, k, v, mask=mask, bias=bias, impl=impl or c.impl, dropout_rate=rate, key=key,
-        return_weights=return_weights,
+        return_weights=return_weights, scale=c.scale,
     )
     if return_weights:
         aux["weights"] = w
