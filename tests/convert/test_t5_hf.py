@@ -84,7 +84,7 @@ def test_t5_import_export_logits(tmp_path, v11):
     assert np.abs(_torch_logits(back, src, valid, tgt) - ref).max() < TOL
 
 
-@pytest.mark.parametrize("v11", [False, True], ids=["v1.0", "v1.1"])
+@pytest.mark.parametrize("v11", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["v1.0", "v1.1"])
 def test_t5_greedy_and_beam_generation_equal_transformers(tmp_path, v11):
     m = t5_model(v11)
     m.save_pretrained(tmp_path / "hf")
