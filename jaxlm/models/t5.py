@@ -58,16 +58,13 @@ class Config(ModelConfig):
     n_layers: int = 6  # encoder layers
     n_dec_layers: int | None = None  # None = n_layers
     d_ff: int = 2048
-    dropout: float = 0.1
-    attn_dropout: float = 0.1
-    ffn_dropout: float = 0.1
+    ffn_dropout: float = 0.1  # (dropout and attn_dropout: the base's 0.1, as in T5)
     activation: str = "relu"  # v1.0; v1.1: "geglu_tanh"
     norm: str = "rmsnorm"
     norm_eps: float = 1e-6
     pos_emb: str = "none"
     use_bias: bool = False
     init_std: float = 1.0  # T5's initializer_factor: multiplies every init std below
-    tie_embeddings: bool = True
     head_rescale: bool = True  # decoder output * d_model^-0.5 before the head (v1.0); v1.1: False
     rel_buckets: int = 32
     rel_max_distance: int = 128
