@@ -6,7 +6,7 @@ translation data for the same steps at a similar size. Sized for a few minutes o
     jaxlm train experiments/t5_span_corruption.py:finetune train.init_from=runs/t5sc/pretrain \
         --run-dir runs/t5sc/finetune                                                     # de -> en
     jaxlm train experiments/t5_span_corruption.py:baseline --run-dir runs/t5sc/transformer
-    python -c "from jaxlm.evaluation import bleu_of_run as b; print(b('runs/t5sc/finetune'), b('runs/t5sc/transformer'))"
+    python -c "from jaxlm.evaluation import bleu_of_run as b; print(b('runs/t5sc/finetune', limit=200), b('runs/t5sc/transformer', limit=200))"
 
 All three stages share one byte-level BPE (4,000 tokens) trained on the Multi30k training text (German and
 English), written once to ``runs/t5sc/tokenizer.json``, so the pre-trained embeddings are the ones the
@@ -50,7 +50,7 @@ def _t5(dropout: float) -> t5.Config:
 
 
 def _translate_train() -> TrainConfig:
-    return TrainConfig(task="seq2seq", steps=300, batch_size=64, lr=2e-3, schedule="cosine", warmup_steps=30,
+    return TrainConfig(task="seq2seq", steps=150, batch_size=32, lr=2e-3, schedule="cosine", warmup_steps=15,
                        b2=0.98, weight_decay=0.01, label_smoothing=0.1, eval_every=150, eval_batches=4,
                        checkpoint_every=150, log_every=25)
 
@@ -64,9 +64,9 @@ def config() -> RunConfig:
     """Stage 1: span corruption (15 % noise, mean span 3) on 64-token blocks of the standard library."""
     return RunConfig(
         model=_t5(0.0),
-        train=TrainConfig(task="span_corruption", steps=300, batch_size=64, lr=2e-3, schedule="cosine",
-                          warmup_steps=30, b2=0.99, weight_decay=0.01, eval_every=150, eval_batches=4,
-                          checkpoint_every=150, log_every=25),
+        train=TrainConfig(task="span_corruption", steps=100, batch_size=32, lr=2e-3, schedule="cosine",
+                          warmup_steps=10, b2=0.99, weight_decay=0.01, eval_every=100, eval_batches=4,
+                          checkpoint_every=100, log_every=25),
         data=DataConfig(path=sysconfig.get_paths()["stdlib"], glob="*.py", tokenizer=_tokenizer(), seq_len=64,
                         eval_fraction=0.05),
     )
