@@ -138,17 +138,18 @@ def dot_product_attention(
     1/sqrt(K)). Returns (out [B, T, H, K], weights [B, H, T, S] or None).
     """
     B, T, H, K = q.shape
-    if scale is not None and impl in ("xla", "cudnn", "flash"):
-        # the fused kernels scale by 1/sqrt(K) themselves: fold the requested scale into q instead
-        q = (q.astype(jnp.float32) * (scale * K**0.5)).astype(q.dtype)
     S, G = k.shape[1], k.shape[2]
     if H % G:
         raise ValueError(f"{H} query heads cannot be grouped over {G} key/value heads.")
     use_dropout = dropout_rate > 0.0 and key is not None
-    if impl in ("xla", "cudnn") and not use_dropout and not return_weights:
+    fused = impl in ("xla", "cudnn", "flash") and not use_dropout and not return_weights
+    if fused and scale is not None:
+        # the fused kernels scale by 1/sqrt(K) themselves: fold the requested scale into q instead
+        q = (q.astype(jnp.float32) * (scale * K**0.5)).astype(q.dtype)
+    if fused and impl in ("xla", "cudnn"):
         out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, implementation=impl)
         return out, None
-    if impl == "flash" and not use_dropout and not return_weights:
+    if fused:
         return flash.attention(q, k, v, mask=mask, bias=bias), None
     if impl not in IMPLS:
         raise ValueError(f"unknown attention implementation {impl!r}; choose one of {IMPLS}.")

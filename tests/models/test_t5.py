@@ -136,3 +136,10 @@ def test_head_rescale(m):
     cfg, params, src, tgt, valid, apply, logits = m
     plain = apply(params, src, tgt, cfg.replace(head_rescale=False), valid)
     np.testing.assert_allclose(plain * cfg.d_model**-0.5, logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["xla", "flash"])
+def test_fused_attention_kernels_equal_the_reference(m, impl):
+    # the fused kernels scale by 1/sqrt(K) themselves: T5's scale 1.0 is folded into q; the bias passes through
+    cfg, params, src, tgt, valid, apply, logits = m
+    np.testing.assert_allclose(apply(params, src, tgt, cfg.replace(attn_impl=impl), valid), logits, atol=1e-4)
