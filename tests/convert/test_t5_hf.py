@@ -131,3 +131,17 @@ def test_t5_preset_counts_equal_transformers(name):
         if not cfg.tie_embeddings:  # transformers >= 5 ties every T5 head at construction (see t5_model)
             m.lm_head = torch.nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
     assert m.num_parameters() == count(t5.spec(cfg)) == t5.PRESETS[name].n_params
+
+
+def test_t5_convert_cli_roundtrip(tmp_path):
+    from jaxlm import cli
+
+    m = t5_model(True, n_dec=3)
+    m.save_pretrained(tmp_path / "hf")
+    assert cli.main(["convert", "--from-hf", str(tmp_path / "hf"), "--to", str(tmp_path / "jx")]) == 0
+    assert json.loads((tmp_path / "jx" / "config.json").read_text())["family"] == "t5"
+    assert cli.main(["convert", "--to-hf", str(tmp_path / "jx"), "--out", str(tmp_path / "hf2")]) == 0
+    back = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path / "hf2").eval()
+    src, valid, tgt = _inputs()
+    assert back.config.num_decoder_layers == 3 and back.config.feed_forward_proj == "gated-gelu"
+    assert np.abs(_torch_logits(back, src, valid, tgt) - _torch_logits(m, src, valid, tgt)).max() < TOL
