@@ -219,7 +219,8 @@ def params_from_hf(family: ModuleType, cfg: Any, tensors: dict[str, Any], source
     for ours, hf, op in rules:
         shape = spec[ours].shape
         layered = "{i}" in hf
-        names = [hf.format(i=i) for i in range(cfg.n_layers)] if layered else [hf]
+        # the stack's own depth (an encoder-decoder's two stacks may differ), from the spec's layers axis
+        names = [hf.format(i=i) for i in range(shape[0])] if layered else [hf]
         inner = shape[1:] if layered else shape
         arrs = []
         for n in names:
@@ -260,7 +261,7 @@ def params_to_hf(family: ModuleType, cfg: Any, params: dict) -> dict[str, np.nda
     for ours, hf, op in rules:
         a = flat[ours]
         if "{i}" in hf:
-            for i in range(cfg.n_layers):
+            for i in range(a.shape[0]):
                 out[hf.format(i=i)] = _to_hf(a[i], op)
         else:
             out[hf] = _to_hf(a, op)

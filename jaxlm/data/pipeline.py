@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxlm.data import packing, text
+from jaxlm.data import packing, span_corruption, text
 from jaxlm.data.text import DataError
 from jaxlm.fileio import write_atomic
 
@@ -47,7 +47,7 @@ def _rows(dc, task: str) -> tuple[dict[str, list], dict[str, list] | None]:
     """Column lists of the train and eval rows for ``task`` (eval None when nothing is held out)."""
 
     def columns(ds, tgt_ds=None) -> dict[str, list]:
-        if task in ("causal_lm", "mlm"):
+        if task in ("causal_lm", "mlm", "span_corruption"):
             return {"text": _texts(ds, dc.text_column, "data.text_column")}
         if task == "seq2seq":
             if tgt_ds is not None:
@@ -83,7 +83,7 @@ def _rows(dc, task: str) -> tuple[dict[str, list], dict[str, list] | None]:
         ev = columns(_load(dc, dc.eval_path, dc.max_eval_examples, "data.eval_path")) if dc.eval_path else None
     if ev is None and dc.eval_fraction > 0:
         n = len(next(iter(train.values())))
-        if n == 1 and task in ("causal_lm", "mlm"):  # one document (Tiny Shakespeare): cut its tail off
+        if n == 1 and task in ("causal_lm", "mlm", "span_corruption"):  # one document (Tiny Shakespeare): cut its tail off
             a, b = text.split_text(train["text"][0], dc.eval_fraction)
             train, ev = {"text": [a]}, {"text": [b]}
         else:
@@ -155,6 +155,8 @@ def _arrays(task: str, rows: dict, tok, sp: dict, dc, label_names=None) -> tuple
         special = [i for i in sp.values() if i is not None]
         arr["maskable"] = ~np.isin(arr["tokens"], special)
         return arr, None
+    if task == "span_corruption":  # blocks of L tokens; the train step corrupts them
+        return packing.pack(text.encode(tok, rows["text"]), L, eos_id=sp["eos"], shift=False), None
     if task == "seq2seq":
         for k in ("bos", "eos"):
             if sp[k] is None:
@@ -185,10 +187,19 @@ def prepare(run, run_dir: str | Path | None = None) -> Prepared:
     if tok_file is not None and tok_file.is_file():
         tok = text.load_tokenizer(tok_file)
     else:
-        tok = text.build_tokenizer(dc.tokenizer, _tokenizer_texts(task, train_rows), dc.vocab_size or cfg.vocab_size)
+        # span corruption takes its sentinel ids from the top of the model's vocabulary: keep them free
+        free = span_corruption.lengths(dc.seq_len).spans if task == "span_corruption" else 0
+        tok = text.build_tokenizer(dc.tokenizer, _tokenizer_texts(task, train_rows),
+                                   dc.vocab_size or cfg.vocab_size - free)
         if tok_file is not None:
             write_atomic(tok_file, lambda p: tok.save(str(p)))
     text.check_vocab(tok, cfg.vocab_size)
+    if task == "span_corruption":
+        n_tok, spans = tok.get_vocab_size(with_added_tokens=True), span_corruption.lengths(dc.seq_len).spans
+        if n_tok > cfg.vocab_size - spans:
+            raise DataError(f"span corruption uses the top {spans} ids of model.vocab_size={cfg.vocab_size} as "
+                            f"sentinels, but the tokenizer has {n_tok} ids; use data.vocab_size <= "
+                            f"{cfg.vocab_size - spans} or raise model.vocab_size to >= {n_tok + spans}.")
     sp = text.special_ids(tok)
     if task == "mlm" and sp["mask"] is None:
         raise DataError("the mlm task needs a mask token; the tokenizer has none ([MASK] / <mask>).")

@@ -52,23 +52,24 @@ def _to_decode_layout(c: dict) -> dict:
 
 
 def decode_attention(p: dict, x: jax.Array, cfg, *, kv=None, mask=None, positions=None, cache=None,
-                     cache_index=None, key=None, return_weights: bool = False, **kw) -> tuple[jax.Array, dict]:
+                     cache_index=None, key=None, return_weights: bool = False, bias=None,
+                     **kw) -> tuple[jax.Array, dict]:
     """:func:`jaxlm.nn.attention.apply` for one new token against a KV cache stored as ``[B * G, S, K]``.
 
     x [B, 1, D]; cache ``{"k","v": [B * G, S, K]}`` (the module docstring says why this layout); mask
-    [B|1, 1, 1, S]. Anything else (several tokens, dropout, attention weights, ALiBi) runs the general
+    [B|1, 1, 1, S]; ``bias`` [B|1, H, 1, S] is added to the scores (T5). Anything else (several tokens, dropout, attention weights, ALiBi) runs the general
     :func:`jaxlm.nn.attention.apply` on the cache converted to its layout and back (slow, but correct).
     """
     c = attention.config(cfg)
     B = x.shape[0]
     if cache is None:
         return attention.apply(p, x, c, kv=kv, mask=mask, positions=positions, cache=cache,
-                               cache_index=cache_index, key=key, return_weights=return_weights, **kw)
+                               cache_index=cache_index, key=key, return_weights=return_weights, bias=bias, **kw)
     if (kv is not None or x.shape[1] != 1 or return_weights or c.pos_emb == "alibi"
             or (key is not None and c.dropout > 0)):
         y, aux = attention.apply(p, x, c, kv=kv, mask=mask, positions=positions,
                                  cache=_to_model_layout(cache, B), cache_index=cache_index, key=key,
-                                 return_weights=return_weights, **kw)
+                                 return_weights=return_weights, bias=bias, **kw)
         return y, aux | {"cache": _to_decode_layout(aux["cache"])}
     dt = jnp.dtype(c.dtype)
     q = attention.project_q(p, x, c, positions)  # [B, 1, H, K], RoPE applied
@@ -88,8 +89,11 @@ def decode_attention(p: dict, x: jax.Array, cfg, *, kv=None, mask=None, position
     m = None
     if mask is not None:
         m = jnp.repeat(jnp.broadcast_to(mask[:, 0, 0, :], (B, S)), N // B, axis=0)[:, None, :]  # [B * G, 1, S]
+    bg = None
+    if bias is not None:  # [B|1, H, 1, S] -> [B * G, h, S], rows in the cache's (example, kv head) order
+        bg = jnp.broadcast_to(bias[:, :, 0, :], (B, H, S)).reshape(N, H * B // N, S)
     out, _ = attention.softmax_attention(qg, k.astype(dt), v.astype(dt), scores_eq="NhK,NSK->NhS",
-                                         out_eq="NhS,NSK->NhK", mask=m, scale=c.scale,
+                                         out_eq="NhS,NSK->NhK", mask=m, bias=bg, scale=c.scale,
                                          softcap=c.softcap)  # [B * G, h, K]
     y = linear.apply(p["o"], out.reshape(B, 1, H, K), "BTHK,HKD->BTD", dt)  # [B, 1, D]
     return y, {"cache": new_cache}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from jaxlm.models import bert, gemma, gemma2, gpt2, gpt3, llama, mistral, phi3, qwen2, transformer
+from jaxlm.models import bert, gemma, gemma2, gpt2, gpt3, llama, mistral, phi3, qwen2, t5, transformer
 from jaxlm.models.base import FamilyError, Loaded, ModelConfig, Preset, check_family, lookup
 
 
@@ -22,7 +22,7 @@ def _register(*modules: ModuleType) -> dict[str, ModuleType]:
 
 
 FAMILIES: dict[str, ModuleType] = _register(transformer, gpt2, bert, llama, qwen2, mistral, gemma, gemma2, phi3,
-                                            gpt3)
+                                            gpt3, t5)
 
 REGISTRY: dict[str, tuple[ModuleType, Preset]] = {
     name: (mod, preset) for mod in FAMILIES.values() for name, preset in mod.PRESETS.items()
@@ -41,4 +41,4 @@ def family_of(cfg: ModelConfig) -> ModuleType:
 
 
 __all__ = ["FAMILIES", "REGISTRY", "get", "family_of", "Loaded", "ModelConfig", "Preset", "bert", "gpt2",
-           "llama", "mistral", "qwen2", "transformer"]
+           "llama", "mistral", "qwen2", "t5", "transformer"]

@@ -265,7 +265,7 @@ def lookup(table: dict, name: str, what: str = "preset"):
 # The family contract: what a family module declares so that training, generation, conversion and the CLI
 # need no per-family code (docs/architecture.md, "Adding a model family").
 KINDS = ("decoder", "encoder", "encoder-decoder")
-TASKS = ("causal_lm", "mlm", "seq2seq", "classification", "span")
+TASKS = ("causal_lm", "mlm", "seq2seq", "classification", "span", "span_corruption")
 
 # name -> what it is; every family module must define all of these
 REQUIRED = {

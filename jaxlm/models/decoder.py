@@ -133,7 +133,7 @@ def causal_mask(B: int, T: int, *, segment_ids=None, kv_valid=None, cache: dict 
 def run_layers(layers, x: jax.Array, cfg, *, mask=None, positions=None, enc=None, enc_mask=None,
                cache: dict | None = None, cache_index=None, key: jax.Array | None = None,
                return_weights: bool = False, block_fn: Callable = blocks.apply,
-               local_mask=None) -> tuple[jax.Array, dict]:
+               local_mask=None, bias: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """The layer loop: ``x`` [B, T, D] through every block -> (x, ys).
 
     ``local_mask``: the sliding-window self-attention mask, used instead of ``mask`` by the layers
@@ -143,7 +143,8 @@ def run_layers(layers, x: jax.Array, cfg, *, mask=None, positions=None, enc=None
     ``layers``: the stacked block parameters (scanned, or looped with ``cfg.scan_layers=False``) or a list
     of per-layer trees. ``cache``: ``{"self": ..., ["cross": ...]}`` with stacked leaves (or per-layer lists,
     matching ``layers``). ys holds ``cache`` (the updated cache, same layout) and, with
-    ``return_weights``, ``weights`` / ``cross_weights`` stacked over layers.
+    ``return_weights``, ``weights`` / ``cross_weights`` stacked over layers. ``bias`` [B|1, H, T, S] is one
+    self-attention score bias shared by every layer (T5's relative position bias, computed once).
     """
     per_layer = isinstance(layers, list)
     n = len(layers) if per_layer else jax.tree.leaves(layers)[0].shape[0]
@@ -169,7 +170,8 @@ def run_layers(layers, x: jax.Array, cfg, *, mask=None, positions=None, enc=None
         if is_local is not None:
             m = (local_mask if is_local else mask) if isinstance(is_local, bool) else jnp.where(is_local, local_mask, mask)
         h, aux = block_fn(p, h, cfg, mask=m, positions=positions, enc=enc, enc_mask=enc_mask, cache=c,
-                          cache_index=cache_index, key=k, return_weights=return_weights)
+                          cache_index=cache_index, key=k, return_weights=return_weights,
+                          **({} if bias is None else {"bias": bias}))
         out = {}
         if c is not None:
             out["cache"] = aux["cache"]["self"]  # cross-attention keys/values never change: not re-emitted

@@ -247,6 +247,7 @@ def apply(
     key: jax.Array | None = None,
     return_weights: bool = False,
     impl: str | None = None,
+    bias: jax.Array | None = None,
 ) -> tuple[jax.Array, dict]:
     """Attention of ``x`` [B, T, D] over itself (self) or over ``kv`` [B, S, D] (cross).
 
@@ -254,7 +255,8 @@ def apply(
     KV cache: with ``cache={"k","v": [B, S_max, G, K]}`` and an integer ``cache_index``, this step's keys and
     values are written at ``[cache_index, cache_index + T)`` and attention runs over the whole cache
     (``mask`` must then cover S_max). With ``cache`` and ``cache_index=None`` the cache is used as
-    precomputed keys/values (cross-attention during decoding). Returns (out [B, T, D], aux) where aux has
+    precomputed keys/values (cross-attention during decoding). ``bias`` (float, broadcastable to
+    [B, H, T, S]) is added to the scores, e.g. T5's relative position bias. Returns (out [B, T, D], aux) where aux has
     ``"cache"`` when a cache was given and ``"weights"`` [B, H, T, S] when asked.
     """
     c = config(cfg)
@@ -278,7 +280,6 @@ def apply(
             v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), cache_index, axis=1)
             aux["cache"] = {"k": k, "v": v}
             k, v = k.astype(dt), v.astype(dt)
-    bias = None
     # ALiBi is a self-attention bias; a precomputed cache with no cache_index is cross-attention: no bias
     if c.pos_emb == "alibi" and kv is None and not (cache is not None and cache_index is None):
         if kv_positions is not None:
@@ -291,7 +292,8 @@ def apply(
             # the left), so slot s holds position s - (its slot - its position).
             offset = cache_index + T - 1 - positions[:, -1:]  # [B, 1]
             kp = jnp.arange(k.shape[1])[None] - offset  # [B, S]
-        bias = pos_enc.alibi_bias(c.n_heads, positions, kp)
+        alibi = pos_enc.alibi_bias(c.n_heads, positions, kp)
+        bias = alibi if bias is None else bias + alibi
     rate = c.dropout if key is not None else 0.0
     out, w = dot_product_attention(
         q, k, v, mask=mask, bias=bias, impl=impl or c.impl, dropout_rate=rate, key=key,

@@ -78,6 +78,7 @@ def apply(
     cache_index=None,
     key: jax.Array | None = None,
     return_weights: bool = False,
+    bias: jax.Array | None = None,
     attn_fn: Callable = attention.apply,
     ffn_fn: Callable = ffn.apply,
     norm_fn: Callable = norms.apply,
@@ -87,7 +88,9 @@ def apply(
     ``enc`` [B, S, D] with ``enc_mask`` enables cross-attention (the block must have been built with
     ``cross=True``). ``cache`` = ``{"self": {"k","v"}, "cross": {"k","v"}}`` for incremental decoding;
     aux carries the updated ``"cache"`` and, when asked, ``"weights"`` / ``"cross_weights"``.
-    ``key`` (None = deterministic) drives attention, residual and FFN dropout.
+    ``key`` (None = deterministic) drives attention, residual and FFN dropout. ``bias`` (float,
+    broadcastable to [B, H, T, S]) is added to the self-attention scores (T5's relative position bias);
+    it is passed to ``attn_fn`` only when given, so attention functions without a ``bias`` keyword work.
     """
     c = config(cfg)
     k_attn, k_res1, k_x, k_res2, k_ffn, k_res3 = _keys(key, 6)
@@ -103,7 +106,7 @@ def apply(
     h = norm_fn(p["norm1"], x, c.norm) if pre else x
     a, a_aux = attn_fn(p["attn"], h, c.attn, mask=mask, positions=positions,
                        cache=None if cache is None else cache["self"], cache_index=cache_index,
-                       key=k_attn, return_weights=return_weights)
+                       key=k_attn, return_weights=return_weights, **({} if bias is None else {"bias": bias}))
     x = x + ffn.dropout(out_norm("norm1", a), rate, k_res1)
     if not pre:
         x = norm_fn(p["norm1"], x, c.norm)

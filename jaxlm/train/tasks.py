@@ -12,6 +12,8 @@ Batches (all arrays have a leading batch dim B):
   ``weights`` [B, T].
 - ``classification`` (BERT + classifier): ``tokens``, ``valid`` [B, T], ``labels`` [B].
 - ``span`` (BERT + span head): ``tokens``, ``valid`` [B, T], ``start``, ``end`` [B].
+- ``span_corruption`` (T5 pre-training): ``tokens`` [B, L] packed text; the step corrupts it
+  (:func:`jaxlm.data.span_corruption.corrupt`, from the step's key) into encoder inputs and decoder targets.
 Any batch may carry ``example_weights`` [B] (0 = a padding row of the last eval batch, see
 :meth:`jaxlm.data.packing.ArrayData.sequential`); every task multiplies it into its loss weights.
 """
@@ -26,6 +28,7 @@ import jax.numpy as jnp
 
 from jaxlm import losses
 from jaxlm.config import ConfigError, closest
+from jaxlm.data import span_corruption
 from jaxlm.models import family_of
 from jaxlm.nn import embed, xent
 
@@ -43,6 +46,8 @@ class Task:
     mask_id: int | None = None
     random_low: int = 0  # MLM random replacements are drawn from [random_low, random_high)
     random_high: int | None = None
+    noise_density: float = 0.15  # span corruption: fraction of tokens dropped ...
+    mean_span_length: float = 3.0  # ... in spans of this mean length (T5)
 
     def __call__(self, params: dict, batch: dict, key: jax.Array | None, model_cfg, train: bool = True) -> dict:
         return self.fn(self, params, batch, key, model_cfg, train)
@@ -123,13 +128,25 @@ def _span(task: Task, params, batch, key, cfg, train):
                             batch.get("valid"), _rows(batch, None, batch["start"].shape))
 
 
+def _span_corruption(task: Task, params, batch, key, cfg, train):
+    # sentinels from the top of the model's vocabulary; the decoder starts from bos_id and learns to end
+    # with eos_id, the ids generation uses
+    k_noise, k_drop = jax.random.split(key)
+    src, tgt = span_corruption.corrupt(k_noise, batch["tokens"], vocab_size=cfg.vocab_size, eos_id=cfg.eos_id,
+                                       noise_density=task.noise_density, mean_span_length=task.mean_span_length)
+    tgt_in = jnp.concatenate([jnp.full_like(tgt[:, :1], cfg.bos_id), tgt[:, :-1]], 1)  # shifted right
+    logits = family_of(cfg).apply(params, src, tgt_in, cfg, key=task.dropout_key(k_drop, train))
+    return task.ce(logits, tgt, _rows(batch, None, tgt.shape))
+
+
 TASKS: dict[str, Callable] = {"causal_lm": _causal_lm, "mlm": _mlm, "seq2seq": _seq2seq,
-                              "classification": _classification, "span": _span}
+                              "classification": _classification, "span": _span,
+                              "span_corruption": _span_corruption}
 
 # the batch entries of each task that hold token ids (looked up in the embedding table or used as targets)
 TOKEN_KEYS: dict[str, tuple[str, ...]] = {"causal_lm": ("inputs", "targets"), "mlm": ("tokens",),
                                           "seq2seq": ("src", "tgt_in", "tgt_out"), "classification": ("tokens",),
-                                          "span": ("tokens",)}
+                                          "span": ("tokens",), "span_corruption": ("tokens",)}
 
 
 def count_bad_ids(task: Task, batch: dict, vocab_size: int) -> jax.Array:

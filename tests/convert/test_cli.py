@@ -59,9 +59,9 @@ def test_convert_bad_input(tmp_path, capsys):
     assert cli.main(["convert", "--from-hf", str(tmp_path / "missing"), "--to", str(tmp_path / "o")]) == 1
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "t5").mkdir()
-    (tmp_path / "t5" / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    (tmp_path / "t5" / "config.json").write_text(json.dumps({"model_type": "bart"}))
     (tmp_path / "t5" / "model.safetensors").write_bytes(b"")
     assert cli.main(["convert", "--from-hf", str(tmp_path / "t5"), "--to", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
-    assert "model_type 't5'" in err and "'llama'" in err
+    assert "model_type 'bart'" in err and "'llama'" in err
     assert cli.main(["convert", "--from-gguf", str(tmp_path / "t5" / "config.json"), "--to", str(tmp_path / "o")]) == 1

@@ -197,9 +197,10 @@ def test_missing_config_and_weights(tmp_path):
 
 
 def test_unsupported_architectures(tmp_path):
-    t5 = transformers.T5Config(vocab_size=100, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=4)
-    with pytest.raises(hf.UnsupportedModelError, match=r"model_type 't5'.*supported model_type values.*'gpt2'"):
-        hf.config_from_hf(t5.to_dict())
+    bart = transformers.BartConfig(vocab_size=100, d_model=16, encoder_layers=1, decoder_layers=1,
+                                   encoder_attention_heads=4, decoder_attention_heads=4)
+    with pytest.raises(hf.UnsupportedModelError, match=r"model_type 'bart'.*supported model_type values.*'gpt2'"):
+        hf.config_from_hf(bart.to_dict())
     lc = llama_model().config.to_dict()
     lc["rope_scaling"] = {"rope_type": "yarn", "factor": 8.0}
     with pytest.raises(hf.UnsupportedModelError, match="rope_scaling.rope_type='yarn'.*supported rope_type values"):
