@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from jaxlm.models import bert, gpt2, llama, transformer
+from jaxlm.models import bert, gpt2, llama, mixtral, transformer
 from jaxlm.models.base import FamilyError, Loaded, ModelConfig, Preset, check_family, lookup
 
 
@@ -21,7 +21,7 @@ def _register(*modules: ModuleType) -> dict[str, ModuleType]:
     return out
 
 
-FAMILIES: dict[str, ModuleType] = _register(transformer, gpt2, bert, llama)
+FAMILIES: dict[str, ModuleType] = _register(transformer, gpt2, bert, llama, mixtral)
 
 REGISTRY: dict[str, tuple[ModuleType, Preset]] = {
     name: (mod, preset) for mod in FAMILIES.values() for name, preset in mod.PRESETS.items()
@@ -40,4 +40,4 @@ def family_of(cfg: ModelConfig) -> ModuleType:
 
 
 __all__ = ["FAMILIES", "REGISTRY", "get", "family_of", "Loaded", "ModelConfig", "Preset", "bert", "gpt2",
-           "llama", "transformer"]
+           "llama", "mixtral", "transformer"]

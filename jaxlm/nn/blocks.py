@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import jax
 
 from jaxlm import sharding
-from jaxlm.nn import attention, ffn, norms
+from jaxlm.nn import attention, ffn, moe, norms
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,7 +25,7 @@ class BlockConfig:
     """A block's sub-layer configs, where its norms sit, and the residual dropout rate."""
 
     attn: attention.AttentionConfig
-    ffn: ffn.FFNConfig
+    ffn: ffn.FFNConfig | moe.MoEConfig  # a MoEConfig makes the feed-forward a routed mixture of experts
     norm: norms.NormConfig
     norm_position: str = "pre"  # "pre" or "post"
     dropout: float = 0.0  # on each sub-layer's output before the residual sum
@@ -44,7 +44,7 @@ def spec(cfg, *, cross: bool = False) -> dict:
         p["norm_cross"] = norms.spec(c.norm)
         p["cross"] = attention.spec(c.attn)
     p["norm2"] = norms.spec(c.norm)
-    p["mlp"] = ffn.spec(c.ffn)
+    p["mlp"] = moe.spec(c.ffn) if isinstance(c.ffn, moe.MoEConfig) else ffn.spec(c.ffn)
     return p
 
 
@@ -66,7 +66,7 @@ def apply(
     key: jax.Array | None = None,
     return_weights: bool = False,
     attn_fn: Callable = attention.apply,
-    ffn_fn: Callable = ffn.apply,
+    ffn_fn: Callable | None = None,
     norm_fn: Callable = norms.apply,
 ) -> tuple[jax.Array, dict]:
     """One block on ``x`` [B, T, D] -> ([B, T, D], aux).
@@ -74,7 +74,10 @@ def apply(
     ``enc`` [B, S, D] with ``enc_mask`` enables cross-attention (the block must have been built with
     ``cross=True``). ``cache`` = ``{"self": {"k","v"}, "cross": {"k","v"}}`` for incremental decoding;
     aux carries the updated ``"cache"`` and, when asked, ``"weights"`` / ``"cross_weights"``.
-    ``key`` (None = deterministic) drives attention, residual and FFN dropout.
+    ``key`` (None = deterministic) drives attention, residual and FFN dropout. ``ffn_fn`` defaults to
+    :func:`jaxlm.nn.ffn.apply`, or :func:`jaxlm.nn.moe.apply` when the block's ffn config is a
+    :class:`~jaxlm.nn.moe.MoEConfig`; an ``ffn_fn`` that returns ``(y, stats)`` (a routed layer) puts its
+    stats in aux as ``"moe"``.
     """
     c = config(cfg)
     k_attn, k_res1, k_x, k_res2, k_ffn, k_res3 = _keys(key, 6)
@@ -109,7 +112,12 @@ def apply(
             aux["cross_weights"] = c_aux["weights"]
 
     h = norm_fn(p["norm2"], x, c.norm) if pre else x
-    x = x + ffn.dropout(ffn_fn(p["mlp"], h, c.ffn, key=k_ffn), rate, k_res3)
+    if ffn_fn is None:
+        ffn_fn = moe.apply if isinstance(c.ffn, moe.MoEConfig) else ffn.apply
+    y = ffn_fn(p["mlp"], h, c.ffn, key=k_ffn)
+    if isinstance(y, tuple):  # a routed FFN also returns its router statistics (jaxlm.nn.moe)
+        y, aux["moe"] = y
+    x = x + ffn.dropout(y, rate, k_res3)
     if not pre:
         x = norm_fn(p["norm2"], x, c.norm)
     if cache is not None:
