@@ -24,7 +24,8 @@ Auxiliary outputs (``apply`` returns ``(y, aux)``):
 - ``load`` [E]: the fraction of tokens routed to each expert (sums to k; ``f_e`` of Switch eq. 5 times k);
 - ``prob`` [E]: the mean router probability of each expert (``P_e``);
 - ``z_loss``: the router z-loss of ST-MoE (Zoph et al. 2022), ``mean(logsumexp(logits)^2)``;
-- ``dropped``: how many (token, expert) pairs overflowed (always 0 when dropless).
+- ``dropped``: how many (token, expert) pairs overflowed (always 0 when dropless); ``dropped_frac``: as a
+  fraction of the N * k pairs.
 
 The load-balancing loss is :func:`load_balancing_loss` ``= E * sum_e f_e P_e`` over the layers' mean
 ``load`` and ``prob`` — what ``transformers``' ``load_balancing_loss_func`` computes (Mixtral); the model
@@ -211,6 +212,7 @@ def apply(p: dict, x: jax.Array, cfg, *, key: jax.Array | None = None) -> tuple[
         ys = ys * w.reshape(-1)[order][:, None].astype(ys.dtype)
         y = jnp.zeros((N, D), ys.dtype).at[tok].add(ys)
         aux["dropped"] = jnp.zeros((), jnp.int32)
+        aux["dropped_frac"] = jnp.zeros((), jnp.float32)
     else:
         C = c.capacity(N)
         # pair order: choice rank first (every token's first choice before any second choice), then token
@@ -226,20 +228,21 @@ def apply(p: dict, x: jax.Array, cfg, *, key: jax.Array | None = None) -> tuple[
         ys = ys * (w.T.reshape(-1) * keep)[:, None].astype(ys.dtype)
         y = jnp.zeros((N, D), ys.dtype).at[tok].add(ys)
         aux["dropped"] = jnp.sum(~keep).astype(jnp.int32)
+        aux["dropped_frac"] = aux["dropped"] / (N * k)
     return y.reshape(B, T, D).astype(x.dtype), aux
 
 
 def summarize(stats: dict, cfg) -> dict:
     """Per-layer aux of :func:`apply` stacked over layers (``load``, ``prob`` [L, E]; ``z_loss``,
-    ``dropped`` [L]) -> the model's: ``aux_loss`` (:func:`load_balancing_loss`), ``z_loss`` (mean over
-    layers), ``load`` [E] (mean over layers), ``dropped`` (total), and ``loss`` = ``aux_loss_weight *
+    ``dropped``, ``dropped_frac`` [L]) -> the model's: ``aux_loss`` (:func:`load_balancing_loss`), ``z_loss``
+    (mean over layers), ``load`` [E] (mean over layers), ``dropped`` (total), ``dropped_frac`` (mean), and ``loss`` = ``aux_loss_weight *
     aux_loss + router_z_loss_weight * z_loss``, the term a training task adds to its objective."""
     c = config(cfg)
     aux_loss = load_balancing_loss(stats["load"], stats["prob"])
     z = jnp.mean(stats["z_loss"])
     E = stats["load"].shape[-1]
     return {"aux_loss": aux_loss, "z_loss": z, "load": stats["load"].reshape(-1, E).mean(0),
-            "dropped": jnp.sum(stats["dropped"]), "loss": c.aux_loss_weight * aux_loss + c.router_z_loss_weight * z}
+            "dropped": jnp.sum(stats["dropped"]), "dropped_frac": jnp.mean(stats["dropped_frac"]), "loss": c.aux_loss_weight * aux_loss + c.router_z_loss_weight * z}
 
 
 def active_fraction(cfg) -> float:
