@@ -4,6 +4,7 @@ metrics, bad settings, and `jaxlm train` / `generate` / `convert` on a tiny Mixt
 
 from __future__ import annotations
 
+import functools
 import json
 
 import jax
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _lm_checks import *  # noqa: F403  (the shared decoder-LM tests)
-from _lm_checks import LM, make_lm
+from _lm_checks import FWD, LM, make_lm
 
 from jaxlm import models
 from jaxlm import params as P
@@ -64,18 +65,21 @@ def test_training_objective_adds_the_weighted_router_losses(lm: LM):
     x = np.asarray(jax.random.randint(jax.random.key(5), (2, 9), 0, cfg.vocab_size))
     batch = {"inputs": x[:, :-1], "targets": x[:, 1:], "weights": np.ones((2, 8), np.float32)}
     task = tasks.make_task("causal_lm")
-    sums = task(lm.params, batch, None, cfg, False)
-    means = step.summarize(sums)
-    _, aux = mixtral.apply(lm.params, jnp.asarray(x[:, :-1]), cfg, return_aux=True)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def objective(p, weights):
+        c = cfg.replace(aux_loss_weight=weights[0], router_z_loss_weight=weights[1])
+        return step.summarize(task(p, batch, None, c, False))
+
+    means = objective(lm.params, (0.5, 0.1))
+    _, aux = FWD(lm.params, jnp.asarray(x[:, :-1]), cfg, return_aux=True)
     want = 0.5 * float(aux["moe"]["aux_loss"]) + 0.1 * float(aux["moe"]["z_loss"])
     np.testing.assert_allclose(float(means["loss"] - means["nll"]), want, rtol=1e-5)
     np.testing.assert_allclose(float(means["moe_aux_loss"]), float(aux["moe"]["aux_loss"]), rtol=1e-5)
     np.testing.assert_allclose(sum(float(means[f"moe_load_{e}"]) for e in range(8)), 2.0, atol=1e-5)
     assert float(means["moe_dropped"]) == 0.0
     # the router learns from the balancing loss: its gradient through the aux term alone is non-zero
-    g = jax.grad(lambda p: step.summarize(task(p, batch, None, cfg, False))["loss"]
-                 - step.summarize(task(p, batch, None, cfg.replace(aux_loss_weight=0.0,
-                                                                    router_z_loss_weight=0.0), False))["loss"])(
+    g = jax.jit(jax.grad(lambda p: objective(p, (0.5, 0.1))["loss"] - objective(p, (0.0, 0.0))["loss"]))(
         lm.params)
     assert float(jnp.abs(g["layers"]["mlp"]["router"]["w"]).max()) > 1e-6
 
@@ -106,20 +110,17 @@ def test_moe_ffn_is_a_block_argument():
     bcfg = blocks.BlockConfig(attn=dense.attn_cfg, ffn=mcfg, norm=dense.norm_cfg)
     p = P.init(jax.random.key(0), blocks.spec(bcfg))
     x = jax.random.normal(jax.random.key(1), (2, 5, dense.d_model))
-    y, aux = blocks.apply(p, x, bcfg)
-    y2, aux2 = blocks.apply(p, x, bcfg, ffn_fn=moe.apply)
+    y, aux = jax.jit(lambda p, x: blocks.apply(p, x, bcfg))(p, x)
+    y2, _ = jax.jit(lambda p, x: blocks.apply(p, x, bcfg, ffn_fn=moe.apply))(p, x)
     np.testing.assert_allclose(y, y2) and np.testing.assert_allclose(aux["moe"]["load"].sum(), 1.0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_cli_train_generate_convert(tmp_path, capsys):
     pytest.importorskip("transformers")
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-    from conftest import EXPERIMENT, write_corpus
 
     from jaxlm import cli
+    from tests.train.conftest import EXPERIMENT, write_corpus
 
     exp = tmp_path / "tiny.py"
     exp.write_text(EXPERIMENT.format(path=str(write_corpus(tmp_path / "corpus.txt", n_words=2000))))
