@@ -32,7 +32,7 @@ from jaxlm import params as P
 from jaxlm.models import llama, mixtral
 from jaxlm.train.config import DataConfig, RunConfig, TrainConfig
 
-D_MODEL, N_LAYERS, N_HEADS, D_FF, VOCAB, SEQ = 96, 2, 4, 256, 1024, 64
+D_MODEL, N_LAYERS, N_HEADS, D_FF, VOCAB, SEQ = 64, 2, 4, 256, 512, 64
 
 
 def dense_model() -> llama.Config:
@@ -51,10 +51,10 @@ def config(model, steps: int) -> RunConfig:
     return RunConfig(
         model=model,
         train=TrainConfig(steps=steps, batch_size=16, lr=3e-3, warmup_steps=steps // 10, schedule="cosine",
-                          b2=0.99, weight_decay=0.1, log_every=10, eval_every=0, eval_batches=16,
+                          b2=0.99, weight_decay=0.1, log_every=10, eval_every=0, eval_batches=8,
                           checkpoint_every=0, best_metric="", progress=False, tensorboard=False, plot=False),
         data=DataConfig(path=sysconfig.get_paths()["stdlib"], glob="*.py", tokenizer="bpe", seq_len=SEQ,
-                        eval_fraction=0.05, max_examples=120),
+                        eval_fraction=0.1, max_examples=60),
     )
 
 
@@ -79,7 +79,7 @@ def run_one(name: str, model, steps: int, root: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=int, default=100)
     p.add_argument("--out", default="experiments/results/moe_vs_dense.json")
     p.add_argument("--run-root", default="", help="where the two run directories go (default: a temp dir)")
     args = p.parse_args(argv)
