@@ -16,8 +16,9 @@ from _sharding_common import run_worker  # noqa: E402
 pytestmark = pytest.mark.multidevice
 
 
+@pytest.mark.slow  # three layouts compiled in a subprocess, like the other parity tests
 def test_mixtral_experts_sharded_train_the_same_losses():
-    res = run_worker("worker_parity.py", "mixtral-tiny", "single,fsdp8,data2_fsdp2_tensor2")
+    res = run_worker("worker_parity.py", "mixtral-tiny", "single,fsdp8,data2_fsdp2_tensor2", timeout=1800)
     ref = np.array(res["single"]["losses"])
     assert ref.shape == (5,) and np.all(np.isfinite(ref)) and not np.allclose(ref, ref[0])
     for name in ("fsdp8", "data2_fsdp2_tensor2"):
