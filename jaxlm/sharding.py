@@ -35,6 +35,8 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("layers", None),
+    # MoE expert weights [E, ...]: whole experts per fsdp shard (see jaxlm/nn/moe.py and docs/architecture.md §5)
+    ("experts", "fsdp"),
     ("seq", None),
     ("act_embed", None),
 )

@@ -23,7 +23,8 @@
 #    sinusoidal → RoPE → ALiBi, ReLU → SwiGLU, multi-head → grouped-query — and trains each variant for a few
 #    hundred steps on Tiny Shakespeare;
 # 2. swaps in **functions** the library does not ship: a sliding-window attention (`attn_fn`) and a
-#    squared-ReLU feed-forward (`ffn_fn`), passed through `blocks.apply` and `decoder.apply(block_fn=...)`;
+#    squared-ReLU feed-forward (`ffn_fn`), passed through `blocks.apply` and `decoder.apply(block_fn=...)`,
+#    and a mixture-of-experts layer in place of the dense FFN (`ffn_fn=moe.apply`);
 # 3. looks at a parameter tree with treescope;
 # 4. writes LoRA (Hu et al., 2021) as a transformation of the params tree, trains only the low-rank factors
 #    with optax, and merges them back.
@@ -228,6 +229,59 @@ print("full causal attention: the last position moves too:",
 params_custom, curve_custom = train(cfg_custom, STEPS, block_fn=custom_block)
 print(f"sliding-window + squared-ReLU: val loss {val_loss(params_custom, cfg_custom, custom_block):.3f} "
       f"(full attention + ReLU, same config: {results['+ RoPE'][0]:.3f})")
+
+# %% [markdown]
+# **A mixture of experts instead of the dense FFN** (Switch Transformer / Mixtral): `jaxlm.nn.moe.apply` has
+# the FFN's signature, so it is one more `ffn_fn`. Each token goes to the `top_k` of `n_experts` SwiGLU
+# experts its router picks. The MoE layer has its own narrow config and parameters (`moe.spec`: a router
+# [D, E] and experts [E, D, F]), so we put them in place of the dense `mlp` of every layer, stacked like
+# the rest; it returns `(y, router statistics)` and the block passes the statistics on in its aux. Here
+# each expert is a quarter of the dense FFN's width, so with top-2 a token uses half the dense FFN's
+# parameters while the layer holds twice as many. (The `mixtral` family is this with a load-balancing loss
+# in its training objective: `jaxlm train ... model.preset=mixtral-tiny`.)
+
+# %%
+from jaxlm import params as jparams  # noqa: E402
+from jaxlm.nn import moe, stack  # noqa: E402
+
+cfg_dense = variants["+ RMSNorm + GQA (LLaMA-style)"]
+moe_cfg = moe.MoEConfig(d_model=cfg_dense.d_model, d_ff=cfg_dense.d_ff // 4, n_experts=8, top_k=2)
+
+
+def moe_ffn(p, x, cfg, *, key=None):  # cfg is the dense FFN's config: the MoE layer reads its own
+    return moe.apply(p, x, moe_cfg, key=key)
+
+
+moe_block = functools.partial(blocks.apply, ffn_fn=moe_ffn)
+p_moe = decoder.init(jax.random.key(0), cfg_dense)
+p_moe["layers"]["mlp"] = jparams.init(jax.random.key(1), stack.spec(moe.spec(moe_cfg), cfg_dense.n_layers))
+logits, aux = decoder.apply(p_moe, toks, cfg_dense, block_fn=moe_block, return_aux=True)
+print("per-layer share of tokens per expert (sums to top_k = 2):\n", np.round(np.asarray(aux["moe"]["load"]), 2))
+print(f"dense FFN parameters per layer {jaxlm.count(decoder.spec(cfg_dense)['layers']['mlp']) // cfg_dense.n_layers:,}"
+      f" | MoE layer {jaxlm.count(moe.spec(moe_cfg)):,}")
+
+
+def train_moe(steps, seed=0, lr=3e-3):
+    # train() above with the MoE params and block (no load-balancing loss here; the mixtral family adds it)
+    opt = optax.chain(optax.clip_by_global_norm(1.0),
+                      optax.adamw(optax.warmup_cosine_decay_schedule(0.0, lr, steps // 10, steps), weight_decay=0.0))
+    params, opt_state = p_moe, opt.init(p_moe)
+
+    @jax.jit
+    def step(params, opt_state, inputs, targets):
+        loss, g = jax.value_and_grad(lm_loss)(params, inputs, targets, cfg_dense, moe_block)
+        updates, opt_state = opt.update(g, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    it = batches(train_data, seed)
+    for _ in range(steps):
+        params, opt_state, _ = step(params, opt_state, *next(it))
+    return params
+
+
+params_moe = train_moe(STEPS)
+print(f"MoE FFN (8 experts, top-2): val loss {val_loss(params_moe, cfg_dense, moe_block):.3f} "
+      f"(dense SwiGLU, same config: {results['+ RMSNorm + GQA (LLaMA-style)'][0]:.3f})")
 
 # %% [markdown]
 # `norm_fn` works the same way, e.g. `functools.partial(blocks.apply, norm_fn=my_norm)` with

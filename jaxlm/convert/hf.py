@@ -12,6 +12,7 @@ take ``families`` (default :data:`jaxlm.models.FAMILIES`).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -160,6 +161,16 @@ def _rules(family: ModuleType, cfg: Any) -> tuple[list[Rule], dict]:
     return rules, spec
 
 
+def _indexed_names(hf: str, shape: tuple[int, ...]) -> tuple[list[str], tuple[int, ...]]:
+    """The checkpoint names of one jaxlm parameter of ``shape`` and the leading dims they index: ``{i}`` in
+    ``hf`` runs over the leading layers axis, ``{e}`` over the (next) experts axis, in row-major order."""
+    keys = [k for k in ("i", "e") if "{" + k + "}" in hf]
+    lead = tuple(shape[:len(keys)])
+    if not keys:
+        return [hf], ()
+    return [hf.format(**dict(zip(keys, ix))) for ix in itertools.product(*(range(n) for n in lead))], lead
+
+
 def _hf_shape(op: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     if op == "copy":
         return shape
@@ -218,10 +229,8 @@ def params_from_hf(family: ModuleType, cfg: Any, tensors: dict[str, Any], source
     flat, missing, wrong, used = {}, [], [], set()
     for ours, hf, op in rules:
         shape = spec[ours].shape
-        layered = "{i}" in hf
-        # the stack's own depth (an encoder-decoder's two stacks may differ), from the spec's layers axis
-        names = [hf.format(i=i) for i in range(shape[0])] if layered else [hf]
-        inner = shape[1:] if layered else shape
+        names, lead = _indexed_names(hf, shape)
+        inner = shape[len(lead):]
         arrs = []
         for n in names:
             if n not in tensors:
@@ -234,7 +243,7 @@ def params_from_hf(family: ModuleType, cfg: Any, tensors: dict[str, Any], source
                 continue
             arrs.append(_to_ours(a, op, inner))
         if len(arrs) == len(names):
-            flat[ours] = np.stack(arrs) if layered else arrs[0]
+            flat[ours] = np.stack(arrs).reshape(shape) if lead else arrs[0]
     if missing or wrong:
         msg = []
         if missing:
@@ -260,11 +269,9 @@ def params_to_hf(family: ModuleType, cfg: Any, params: dict) -> dict[str, np.nda
     out: dict[str, np.ndarray] = {}
     for ours, hf, op in rules:
         a = flat[ours]
-        if "{i}" in hf:
-            for i in range(a.shape[0]):
-                out[hf.format(i=i)] = _to_hf(a[i], op)
-        else:
-            out[hf] = _to_hf(a, op)
+        names, lead = _indexed_names(hf, a.shape)
+        for n, part in zip(names, a.reshape(-1, *a.shape[len(lead):]) if lead else [a]):
+            out[n] = _to_hf(part, op)
     for fu in m.fused:
         for k in [k for k in out if fu.parts[0] in k]:
             parts = [out.pop(k.replace(fu.parts[0], name)) for name in fu.parts]

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from jaxlm.models import bert, gemma, gemma2, gpt2, gpt3, llama, mistral, phi3, qwen2, t5, transformer
+from jaxlm import params as P
+from jaxlm.models import bert, gemma, gemma2, gpt2, gpt3, llama, mistral, mixtral, phi3, qwen2, t5, transformer
 from jaxlm.models.base import FamilyError, Loaded, ModelConfig, Preset, check_family, lookup
 
 
@@ -22,7 +23,7 @@ def _register(*modules: ModuleType) -> dict[str, ModuleType]:
 
 
 FAMILIES: dict[str, ModuleType] = _register(transformer, gpt2, bert, llama, qwen2, mistral, gemma, gemma2, phi3,
-                                            gpt3, t5)
+                                            gpt3, t5, mixtral)
 
 REGISTRY: dict[str, tuple[ModuleType, Preset]] = {
     name: (mod, preset) for mod in FAMILIES.values() for name, preset in mod.PRESETS.items()
@@ -35,10 +36,20 @@ def get(name: str) -> tuple[ModuleType, ModelConfig]:
     return mod, preset.config
 
 
+def active_params(cfg: ModelConfig, n_params: int | None = None) -> int:
+    """Parameters one token uses (what FLOP and MFU estimates count): ``n_params`` (default: the spec's count)
+    less what the family's optional ``active_params(cfg)`` says a token skips (a mixture of experts uses
+    top_k of n_experts experts); all of them for dense families."""
+    mod = family_of(cfg)
+    total = P.count(mod.spec(cfg))
+    n = total if n_params is None else n_params
+    return n - (total - mod.active_params(cfg)) if hasattr(mod, "active_params") else n
+
+
 def family_of(cfg: ModelConfig) -> ModuleType:
     """The family module a Config belongs to."""
     return FAMILIES[type(cfg).family]
 
 
-__all__ = ["FAMILIES", "REGISTRY", "get", "family_of", "Loaded", "ModelConfig", "Preset", "bert", "gpt2",
-           "llama", "mistral", "qwen2", "t5", "transformer"]
+__all__ = ["FAMILIES", "REGISTRY", "get", "family_of", "active_params", "Loaded", "ModelConfig", "Preset", "bert",
+           "gpt2", "llama", "mistral", "mixtral", "qwen2", "t5", "transformer"]

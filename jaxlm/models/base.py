@@ -278,6 +278,8 @@ REQUIRED = {
     "init": "init(key, cfg, mesh=None) -> params",
     "apply": "apply(params, inputs..., cfg, ...) -> outputs",
 }
+# optional: ``active_params(cfg) -> int``, the parameters one token uses when that is fewer than the spec's
+# count (a mixture of experts); FLOP/MFU estimates use it (jaxlm.models.active_params)
 # extra functions each kind needs (generation and the KV cache)
 REQUIRED_BY_KIND = {
     "decoder": {"init_cache": "init_cache(cfg, batch, max_len) -> zeroed KV cache"},

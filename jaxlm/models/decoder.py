@@ -12,7 +12,8 @@ bidirectional mask.
 Return convention of every ``apply``/``decode``/``encode`` here and in the families: the output alone, or
 ``(output, aux)`` when anything that lives in aux was asked for (``return_aux``, a ``cache``,
 ``return_weights``, ``return_hidden``). aux may hold ``cache`` (the updated KV cache), ``weights``
-[L, B, H, T, S] (``cross_weights`` for cross-attention) and ``hidden`` (the final hidden states [B, T, D]).
+[L, B, H, T, S] (``cross_weights`` for cross-attention), ``hidden`` (the final hidden states [B, T, D]) and,
+for a mixture-of-experts FFN, ``moe`` (its router statistics per layer, see :mod:`jaxlm.nn.moe`).
 """
 
 from __future__ import annotations
@@ -177,12 +178,16 @@ def run_layers(layers, x: jax.Array, cfg, *, mask=None, positions=None, enc=None
             out["cache"] = aux["cache"]["self"]  # cross-attention keys/values never change: not re-emitted
         if return_weights:
             out.update({w: aux[w] for w in ("weights", "cross_weights") if w in aux})
+        if "moe" in aux:  # router statistics of a mixture-of-experts FFN, stacked over layers
+            out["moe"] = aux["moe"]
         return h, out
 
     x, ys = stack.apply(body, layers, x, xs, scan=cfg.scan_layers, remat=cfg.remat)
     if per_layer:
         ys = {k: [y[k] for y in ys] for k in ys[0]}
         ys.update({w: jnp.stack(ys[w]) for w in ("weights", "cross_weights") if w in ys})
+        if "moe" in ys:
+            ys["moe"] = jax.tree.map(lambda *a: jnp.stack(a), *ys["moe"])
     if cache is not None:
         ys["cache"] = {**cache, "self": ys["cache"]}
     return x, ys
@@ -260,7 +265,7 @@ def decode(
     out = logits(params, x, cfg)
     if not (return_aux or cache is not None or return_weights or return_hidden):
         return out
-    aux = {k: ys[k] for k in ("cache", "weights", "cross_weights") if k in ys}
+    aux = {k: ys[k] for k in ("cache", "weights", "cross_weights", "moe") if k in ys}
     if return_hidden:
         aux["hidden"] = x
     return out, aux

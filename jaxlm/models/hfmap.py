@@ -30,7 +30,8 @@ Tensors <-> params
   ``"bert."``). Bare backbones (``GPT2Model``, sentence-transformers) save names without it, so import adds it
   to every name that is not a head's (a head is the first component of a rule name outside ``prefix``).
 - ``rules``: ``(jaxlm path, HF name, op)``; ``{i}`` in the HF name is the layer index (jaxlm stacks layers along
-  a leading axis). A rule applies when its jaxlm path is in the Config's spec, so untied heads, biases and
+  a leading axis) and ``{e}`` the expert index (mixture-of-experts weights stacked along the next axis, one
+  checkpoint tensor per expert). A rule applies when its jaxlm path is in the Config's spec, so untied heads, biases and
   BERT's optional heads follow from the Config; every spec path needs a rule. ``op`` says how the array is
   re-laid: ``"copy"``; ``"vec"`` (a flat HF bias split into our ``[heads, head_dim]``); ``"linear<n>"`` (a
   torch ``nn.Linear`` ``[out, in]`` whose first ``n`` dims on our side are inputs: jaxlm stores ``[*in, *out]``

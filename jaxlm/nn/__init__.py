@@ -15,12 +15,15 @@ K     per-head dimension (``head_dim``)
 F     feed-forward width (``mlp``)
 V     vocabulary (``vocab``)
 L     layers (``layers``)
+E     experts of a mixture-of-experts layer (``experts``)
+N     tokens flattened over batch and sequence (routing)
+C     slots per expert (capacity-factor routing)
 ====  ==============================================
 
-Logical parameter axes: ``vocab, embed, mlp, heads, kv_heads, head_dim, layers``; activations add
+Logical parameter axes: ``vocab, embed, mlp, heads, kv_heads, head_dim, layers, experts``; activations add
 ``batch, seq, act_embed`` (see :mod:`jaxlm.sharding` for how they map onto a mesh).
 """
 
-from jaxlm.nn import attention, blocks, embed, ffn, linear, masks, norms, positions, stack
+from jaxlm.nn import attention, blocks, embed, ffn, linear, masks, moe, norms, positions, stack
 
-__all__ = ["attention", "blocks", "embed", "ffn", "linear", "masks", "norms", "positions", "stack"]
+__all__ = ["attention", "blocks", "embed", "ffn", "linear", "masks", "moe", "norms", "positions", "stack"]

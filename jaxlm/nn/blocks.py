@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import jax
 
 from jaxlm import sharding
-from jaxlm.nn import attention, ffn, norms
+from jaxlm.nn import attention, ffn, moe, norms
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,7 +28,7 @@ class BlockConfig:
     """A block's sub-layer configs, where its norms sit, and the residual dropout rate."""
 
     attn: attention.AttentionConfig
-    ffn: ffn.FFNConfig
+    ffn: ffn.FFNConfig | moe.MoEConfig  # a MoEConfig makes the feed-forward a routed mixture of experts
     norm: norms.NormConfig
     norm_position: str = "pre"  # "pre" or "post"
     dropout: float = 0.0  # on each sub-layer's output before the residual sum
@@ -52,7 +52,7 @@ def spec(cfg, *, cross: bool = False) -> dict:
         p["norm_cross"] = norms.spec(c.norm)
         p["cross"] = attention.spec(c.attn)
     p["norm2"] = norms.spec(c.norm)
-    p["mlp"] = ffn.spec(c.ffn)
+    p["mlp"] = moe.spec(c.ffn) if isinstance(c.ffn, moe.MoEConfig) else ffn.spec(c.ffn)
     if c.post_norms:
         p["post_norm1"] = norms.spec(c.norm)
         if cross:
@@ -80,7 +80,7 @@ def apply(
     return_weights: bool = False,
     bias: jax.Array | None = None,
     attn_fn: Callable = attention.apply,
-    ffn_fn: Callable = ffn.apply,
+    ffn_fn: Callable | None = None,
     norm_fn: Callable = norms.apply,
 ) -> tuple[jax.Array, dict]:
     """One block on ``x`` [B, T, D] -> ([B, T, D], aux).
@@ -91,6 +91,9 @@ def apply(
     ``key`` (None = deterministic) drives attention, residual and FFN dropout. ``bias`` (float,
     broadcastable to [B, H, T, S]) is added to the self-attention scores (T5's relative position bias);
     it is passed to ``attn_fn`` only when given, so attention functions without a ``bias`` keyword work.
+    ``ffn_fn`` defaults to :func:`jaxlm.nn.ffn.apply`, or :func:`jaxlm.nn.moe.apply` when the block's ffn
+    config is a :class:`~jaxlm.nn.moe.MoEConfig`; an ``ffn_fn`` that returns ``(y, stats)`` (a routed
+    layer) puts its stats in aux as ``"moe"``.
     """
     c = config(cfg)
     k_attn, k_res1, k_x, k_res2, k_ffn, k_res3 = _keys(key, 6)
@@ -129,7 +132,12 @@ def apply(
             aux["cross_weights"] = c_aux["weights"]
 
     h = norm_fn(p["norm2"], x, c.norm) if pre else x
-    x = x + ffn.dropout(out_norm("norm2", ffn_fn(p["mlp"], h, c.ffn, key=k_ffn)), rate, k_res3)
+    if ffn_fn is None:
+        ffn_fn = moe.apply if isinstance(c.ffn, moe.MoEConfig) else ffn.apply
+    y = ffn_fn(p["mlp"], h, c.ffn, key=k_ffn)
+    if isinstance(y, tuple):  # a routed FFN also returns its router statistics (jaxlm.nn.moe)
+        y, aux["moe"] = y
+    x = x + ffn.dropout(out_norm("norm2", y), rate, k_res3)
     if not pre:
         x = norm_fn(p["norm2"], x, c.norm)
     if cache is not None:

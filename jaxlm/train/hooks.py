@@ -172,6 +172,10 @@ def _mean_metrics(ms: list[dict]) -> dict:
     w = np.array([float(m["tokens"]) for m in ms])
     mean = {k: float(np.average([float(m[k]) for m in ms], weights=w if w.sum() > 0 else None))
             for k in ("loss", "nll", "accuracy")}
+    # further task metrics (a mixture-of-experts model's moe_*): token-weighted too
+    for k in ms[0]:
+        if k.startswith("moe_"):
+            mean[k] = float(np.average([float(m[k]) for m in ms], weights=w if w.sum() > 0 else None))
     mean["grad_norm"] = float(np.mean([float(m["grad_norm"]) for m in ms]))
     mean["tokens"] = float(w.sum())
     return mean

@@ -30,7 +30,7 @@ from jaxlm import params as P
 from jaxlm.config import ConfigError, parse_step
 from jaxlm.data import pipeline
 from jaxlm.fileio import RunDirLocked, RunLock, copy_atomic, private_tmp
-from jaxlm.models import family_of
+from jaxlm.models import active_params, family_of
 from jaxlm.parallel import Parallel
 from jaxlm.train import config as C
 from jaxlm.train.checkpoint import CHECKPOINTS, Checkpointer, StructureMismatch, saved_steps
@@ -357,7 +357,8 @@ def _setup(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False,
     return Setup(
         run=run, run_dir=run_dir, say=say, quiet=quiet, main=main, prep=prep, task=task, compiled=c,
         ckpt=ckpt, start=start, resumed_from=resumed_from, initialised_from=initialised_from,
-        flops_per_token=M.flops_per_token(n_params, cfg.n_layers + getattr(cfg, "dec_layers", 0), seq,
+        # a mixture of experts counts the parameters a token uses (top_k of n_experts experts), not all
+        flops_per_token=M.flops_per_token(active_params(cfg, n_params), cfg.n_layers + getattr(cfg, "dec_layers", 0), seq,
                                           cfg.d_model),
         peak_flops=(t.peak_flops or M.peak_flops()) * jax.device_count(),
         tokens_per_step=t.batch_size * seq,

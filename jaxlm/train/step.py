@@ -17,10 +17,11 @@ SUM_KEYS = ("loss", "nll", "correct", "weight")
 
 def summarize(sums: dict) -> dict:
     """Loss sums -> means: ``loss`` (objective), ``nll``, ``accuracy`` per weighted position / example,
-    and ``tokens`` (the weight total: target tokens, masked tokens or examples)."""
+    and ``tokens`` (the weight total: target tokens, masked tokens or examples); any further sum a task
+    adds (a mixture-of-experts model's ``moe_*``) becomes its mean per unit of weight."""
     w = jnp.maximum(sums["weight"], 1e-9)
     return {"loss": sums["loss"] / w, "nll": sums["nll"] / w, "accuracy": sums["correct"] / w,
-            "tokens": sums["weight"]}
+            "tokens": sums["weight"]} | {k: v / w for k, v in sums.items() if k not in SUM_KEYS}
 
 
 def make_train_step(task, model_cfg, optimizer: optax.GradientTransformation, *,

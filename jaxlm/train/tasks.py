@@ -69,10 +69,29 @@ def _rows(batch: dict, weights, shape) -> jax.Array | None:
     return ew if weights is None else ew * weights
 
 
+def with_moe(sums: dict, aux: dict) -> dict:
+    """Add a mixture-of-experts model's router terms (``aux["moe"]``, :func:`jaxlm.nn.moe.summarize`) to the
+    loss sums: the objective gains ``aux["moe"]["loss"]`` (the load-balancing and router z-losses with the
+    model config's weights) per unit of weight, and the sums gain ``moe_aux_loss``, ``moe_z_loss``,
+    ``moe_dropped`` (fraction of (token, expert) pairs dropped) and ``moe_load_<e>`` (fraction of tokens
+    routed to expert e, summing to top_k) so the step's metrics report their means. Unchanged without MoE."""
+    m = aux.get("moe") if isinstance(aux, dict) else None
+    if m is None:
+        return sums
+    w = sums["weight"]
+    out = dict(sums, loss=sums["loss"] + m["loss"] * w, moe_aux_loss=m["aux_loss"] * w,
+               moe_z_loss=m["z_loss"] * w, moe_dropped=m["dropped_frac"] * w)
+    out.update({f"moe_load_{e}": m["load"][e] * w for e in range(m["load"].shape[0])})
+    return out
+
+
 def _causal_lm(task: Task, params, batch, key, cfg, train):
-    logits = family_of(cfg).apply(params, batch["inputs"], cfg, positions=batch.get("positions"),
-                                  segment_ids=batch.get("segment_ids"), key=task.dropout_key(key, train))
-    return task.ce(logits, batch["targets"], _rows(batch, batch.get("weights"), batch["targets"].shape))
+    # return_aux: a mixture-of-experts model returns its router losses there (aux["moe"])
+    logits, aux = family_of(cfg).apply(params, batch["inputs"], cfg, positions=batch.get("positions"),
+                                       segment_ids=batch.get("segment_ids"), key=task.dropout_key(key, train),
+                                       return_aux=True)
+    return with_moe(task.ce(logits, batch["targets"], _rows(batch, batch.get("weights"), batch["targets"].shape)),
+                    aux)
 
 
 def fused_causal_lm(task: Task, params: dict, batch: dict, key: jax.Array | None, cfg, train: bool) -> dict:
@@ -91,8 +110,8 @@ def fused_causal_lm(task: Task, params: dict, batch: dict, key: jax.Array | None
                                   segment_ids=batch.get("segment_ids"), key=task.dropout_key(key, train),
                                   return_aux=True, return_hidden=True)
     table = params["embed"]["tokens"] if cfg.tie_embeddings else params["lm_head"]["w"].T
-    return xent.cross_entropy(aux["hidden"], table, batch["targets"],
-                              _rows(batch, batch.get("weights"), batch["targets"].shape))
+    return with_moe(xent.cross_entropy(aux["hidden"], table, batch["targets"],
+                                       _rows(batch, batch.get("weights"), batch["targets"].shape)), aux)
 
 
 def _mlm(task: Task, params, batch, key, cfg, train):

@@ -23,6 +23,7 @@ import jax  # noqa: E402
 from jaxlm import parallel, sharding  # noqa: E402
 
 PROBE = ("embed/tokens", "layers/attn/q/w", "layers/attn/k/w", "layers/attn/o/w", "layers/mlp/wi/w", "layers/mlp/wo/w",
+         "layers/mlp/experts/wi_0/w", "layers/mlp/experts/wo/w", "layers/mlp/router/w",
          "decoder/layers/attn/q/w", "encoder/layers/mlp/wi/w", "layers/attn/q/b", "layers/attn/k/b",
          "layers/post_norm1/scale", "layers/mlp/wi_0/w")
 
