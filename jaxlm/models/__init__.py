@@ -7,7 +7,20 @@ from __future__ import annotations
 from types import ModuleType
 
 from jaxlm import params as P
-from jaxlm.models import bert, gemma, gemma2, gpt2, gpt3, llama, mistral, mixtral, phi3, qwen2, t5, transformer
+from jaxlm.models import (
+    bert,
+    gemma,
+    gemma2,
+    gpt2,
+    gpt3,
+    llama,
+    mistral,
+    mixtral,
+    phi3,
+    qwen2,
+    t5,
+    transformer,
+)
 from jaxlm.models.base import FamilyError, Loaded, ModelConfig, Preset, check_family, lookup
 
 
