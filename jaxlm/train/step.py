@@ -19,8 +19,9 @@ def summarize(sums: dict) -> dict:
     """Loss sums -> means: ``loss`` (objective), ``nll``, ``accuracy`` per weighted position / example,
     and ``tokens`` (the weight total: target tokens, masked tokens or examples)."""
     w = jnp.maximum(sums["weight"], 1e-9)
+    extra = {k: v / w for k, v in sums.items() if k not in SUM_KEYS}  # task-specific means (DPO's rewards)
     return {"loss": sums["loss"] / w, "nll": sums["nll"] / w, "accuracy": sums["correct"] / w,
-            "tokens": sums["weight"]}
+            "tokens": sums["weight"]} | extra
 
 
 def make_train_step(task, model_cfg, optimizer: optax.GradientTransformation, *,

@@ -12,6 +12,10 @@ Batches (all arrays have a leading batch dim B):
   ``weights`` [B, T].
 - ``classification`` (BERT + classifier): ``tokens``, ``valid`` [B, T], ``labels`` [B].
 - ``span`` (BERT + span head): ``tokens``, ``valid`` [B, T], ``start``, ``end`` [B].
+- ``sft``: the ``causal_lm`` batch built from conversations by :mod:`jaxlm.finetune.sft` (weights = 1 on
+  assistant tokens only).
+- ``dpo``: ``chosen_*`` / ``rejected_*`` inputs, targets, weights [B, T] and the reference's summed log-probs
+  ``ref_chosen_logps`` / ``ref_rejected_logps`` [B] (:mod:`jaxlm.finetune.dpo`); weight = pairs.
 Any batch may carry ``example_weights`` [B] (0 = a padding row of the last eval batch, see
 :meth:`jaxlm.data.packing.ArrayData.sequential`); every task multiplies it into its loss weights.
 """
@@ -26,6 +30,7 @@ import jax.numpy as jnp
 
 from jaxlm import losses
 from jaxlm.config import ConfigError, closest
+from jaxlm.finetune import dpo
 from jaxlm.models import family_of
 from jaxlm.nn import embed, xent
 
@@ -43,6 +48,7 @@ class Task:
     mask_id: int | None = None
     random_low: int = 0  # MLM random replacements are drawn from [random_low, random_high)
     random_high: int | None = None
+    beta: float = 0.1  # dpo: the strength of the KL penalty toward the reference
 
     def __call__(self, params: dict, batch: dict, key: jax.Array | None, model_cfg, train: bool = True) -> dict:
         return self.fn(self, params, batch, key, model_cfg, train)
@@ -123,13 +129,23 @@ def _span(task: Task, params, batch, key, cfg, train):
                             batch.get("valid"), _rows(batch, None, batch["start"].shape))
 
 
+def _dpo(task: Task, params, batch, key, cfg, train):
+    return dpo.sums(params, batch, cfg, beta=task.beta, label_smoothing=task.label_smoothing,
+                    key=task.dropout_key(key, train))
+
+
 TASKS: dict[str, Callable] = {"causal_lm": _causal_lm, "mlm": _mlm, "seq2seq": _seq2seq,
-                              "classification": _classification, "span": _span}
+                              "classification": _classification, "span": _span,
+                              # sft: the causal LM loss over chat data whose weights mark assistant tokens
+                              # (jaxlm.finetune.sft); dpo: preference pairs (jaxlm.finetune.dpo)
+                              "sft": _causal_lm, "dpo": _dpo}
 
 # the batch entries of each task that hold token ids (looked up in the embedding table or used as targets)
 TOKEN_KEYS: dict[str, tuple[str, ...]] = {"causal_lm": ("inputs", "targets"), "mlm": ("tokens",),
                                           "seq2seq": ("src", "tgt_in", "tgt_out"), "classification": ("tokens",),
-                                          "span": ("tokens",)}
+                                          "span": ("tokens",), "sft": ("inputs", "targets"),
+                                          "dpo": ("chosen_inputs", "chosen_targets", "rejected_inputs",
+                                                  "rejected_targets")}
 
 
 def count_bad_ids(task: Task, batch: dict, vocab_size: int) -> jax.Array:
