@@ -171,7 +171,7 @@ plt.show()
 
 # %%
 prompts, chosen, rejected = [], [], []
-for i in range(16):
+for _ in range(16):
     s0 = int(rng.integers(20, 40))
     prompts.append(np.arange(s0, s0 + 4))
     chosen.append(np.arange(s0 + 4, s0 + 8))

@@ -13,7 +13,6 @@ whoever loads the directory, not here.
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 

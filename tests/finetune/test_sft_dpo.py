@@ -14,25 +14,27 @@ import pytest
 from jaxlm import models
 from jaxlm.data.text import char_tokenizer
 from jaxlm.finetune import dpo, sft
-from jaxlm.train.step import make_train_step
 from jaxlm.train.state import create_state
+from jaxlm.train.step import make_train_step
 from jaxlm.train.tasks import make_task
 
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
           "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
-CONVS = [
-    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
-     {"role": "assistant", "content": "4"}, {"role": "user", "content": "and 3+3?"},
-     {"role": "assistant", "content": "6, of course"}],
-    [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."}],
-    [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "hi there"}],
-]
+MULTI = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+         {"role": "assistant", "content": "4"}, {"role": "user", "content": "and 3+3?"},
+         {"role": "assistant", "content": "6, of course"}]
+# short enough (character tokens) that several share a row of llama-tiny's 128 positions
+CONVS = [[{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
+         [{"role": "user", "content": "France?"}, {"role": "assistant", "content": "Paris."}],
+         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hi there"}],
+         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1?"},
+          {"role": "assistant", "content": "2"}]]
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return char_tokenizer(["".join(p for p, _ in sft.render(c, CHATML)) for c in CONVS])
+    return char_tokenizer(["".join(p for p, _ in sft.render(c, CHATML)) for c in [MULTI, *CONVS]])
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +44,8 @@ def llama():
 
 
 def test_assistant_tokens_are_exactly_the_assistant_turns(tok):
-    ids, mask = sft.encode(CONVS[0], tok, CHATML)
-    assert tok.decode(ids.tolist()) == "".join(p for p, _ in sft.render(CONVS[0], CHATML))
+    ids, mask = sft.encode(MULTI, tok, CHATML)
+    assert tok.decode(ids.tolist()) == "".join(p for p, _ in sft.render(MULTI, CHATML))
     # the masked tokens, run by run, are each assistant reply plus the template's end-of-turn marker
     runs, cur = [], []
     for i, m in zip(ids, mask, strict=True):
@@ -58,8 +60,8 @@ def test_assistant_tokens_are_exactly_the_assistant_turns(tok):
 
 def test_prompt_tokens_get_exactly_zero_gradient(tok, llama):
     fam, cfg, params = llama
-    arrays, info = sft.build(CONVS, tok, CHATML, seq_len=96)
-    assert info["truncated"] == 0 and info["rows"] == 1 and info["assistant_tokens"] == int(arrays["weights"].sum())
+    arrays, info = sft.build(CONVS, tok, CHATML, seq_len=128)
+    assert info["truncated"] == 0 and info["rows"] == 2 and info["assistant_tokens"] == int(arrays["weights"].sum())
     batch = {k: jnp.asarray(v) for k, v in arrays.items()}
     task = make_task("sft")
     loss = jax.jit(jax.value_and_grad(lambda p, b: task(p, b, None, cfg, False)["loss"]))
@@ -80,22 +82,27 @@ def test_prompt_tokens_get_exactly_zero_gradient(tok, llama):
 
 def test_packing_never_lets_a_conversation_attend_to_another(tok, llama):
     fam, cfg, params = llama
-    arrays, _ = sft.build(CONVS, tok, CHATML, seq_len=96)
+    arrays, _ = sft.build(CONVS, tok, CHATML, seq_len=128)
+    assert arrays["segment_ids"].max() >= 2  # conversations really share rows
     b = {k: jnp.asarray(v) for k, v in arrays.items()}
     packed = np.asarray(fam.apply(params, b["inputs"], cfg, positions=b["positions"], segment_ids=b["segment_ids"]))
-    seg = arrays["segment_ids"][0]
-    for s, conv in enumerate(CONVS, start=1):
-        ids, _ = sft.encode(conv, tok, CHATML)
-        alone = np.asarray(fam.apply(params, jnp.asarray(ids[None, :-1]), cfg))[0]
-        np.testing.assert_allclose(packed[0][seg == s], alone, atol=1e-5, rtol=1e-5)
+    convs = iter(CONVS)
+    for r in range(len(packed)):
+        for s in range(1, arrays["segment_ids"][r].max() + 1):
+            ids, _ = sft.encode(next(convs), tok, CHATML)
+            alone = np.asarray(fam.apply(params, jnp.asarray(ids[None, :-1]), cfg))[0]
+            np.testing.assert_allclose(packed[r][arrays["segment_ids"][r] == s], alone, atol=1e-5, rtol=1e-5)
+    assert next(convs, None) is None
 
 
 def test_pack_keeps_conversations_whole_and_counts_truncation():
     ex = [(np.arange(1, 6), np.ones(5, bool)), (np.arange(1, 8), np.ones(7, bool)), (np.arange(1, 30), np.ones(29, bool))]
     a, truncated = sft.pack(ex, seq_len=10)
-    assert truncated == 1 and a["inputs"].shape == (3, 10)  # 4 + 6 slots > 10: the second starts row 2
-    assert a["segment_ids"][0].tolist() == [1] * 4 + [0] * 6 and a["positions"][1, :6].tolist() == list(range(6))
-    assert a["weights"][0, 4:].sum() == 0
+    assert truncated == 1 and a["inputs"].shape == (2, 10)  # 4 + 6 slots fill row 1; the third (cut to 10) row 2
+    assert a["segment_ids"][0].tolist() == [1] * 4 + [2] * 6 and a["positions"][0, 4:].tolist() == list(range(6))
+    b, _ = sft.pack(ex[1:2] + ex[:1], seq_len=10)  # 6 + 4 fit too; a 7-slot one would not
+    c, _ = sft.pack([ex[1], (np.arange(1, 9), np.ones(8, bool))], seq_len=10)
+    assert b["inputs"].shape == (1, 10) and c["inputs"].shape == (2, 10) and c["weights"][0, 6:].sum() == 0
 
 
 def test_chat_data_errors(tok):
