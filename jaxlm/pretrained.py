@@ -89,3 +89,30 @@ def load_run(run_dir: str | Path, step: int | str | None = None, dtype: str | No
         specials = text.special_ids(tok)
     return Loaded(family=family, config=cfg, params=params, tokenizer=tok, source=str(run_dir),
                   extra={"run": run, "step": s, "specials": specials})
+
+
+QUANTIZE_CHOICES = ("int8", "int4", "gguf")
+
+
+def load_quantized(path: str | Path, mode: str, group: int | None = None, embed: bool = False,
+                   **kw: Any) -> Loaded:
+    """:func:`load`, then weight-only quantization (:mod:`jaxlm.nn.quant`): ``mode="int8"`` (per output
+    channel) or ``"int4"`` (``group`` values per scale, default 128) on every matmul weight (``embed``: the
+    token table and an untied head too); ``"gguf"`` keeps a GGUF file's own Q8_0/Q4_0/Q4_1 blocks. A model
+    that is already quantized (a directory written by ``jaxlm convert --quantize``) is returned as it is."""
+    import dataclasses
+
+    from jaxlm.nn import quant
+
+    if mode not in QUANTIZE_CHOICES:
+        raise ValueError(f"unknown quantization {mode!r}; choose one of {QUANTIZE_CHOICES}.")
+    if mode == "gguf":
+        if kind(path) != "gguf":
+            raise ValueError(f"--quantize gguf keeps a GGUF file's quantized blocks, but {path} is not a .gguf "
+                             f"file: use --quantize int8 or int4.")
+        return gguf.load(path, quantized=True, **kw)
+    loaded = load(path, **kw)
+    if quant.describe(loaded.params):
+        return loaded
+    params = quant.quantize(loaded.params, loaded.family.spec(loaded.config), mode, group, embed=embed, head=embed)
+    return dataclasses.replace(loaded, params=params)

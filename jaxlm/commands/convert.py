@@ -30,6 +30,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                     help="parameter dtype of the imported model (default float32)")
     ap.add_argument("--force", action="store_true", help="write into a non-empty output directory")
+    ap.add_argument("--quantize", choices=("int8", "int4", "gguf"), default=None,
+                    help="weight-only quantization of the matmul weights: int8 (per output channel), int4 "
+                         "(--group-size values per scale), or gguf (keep a .gguf file's Q8_0/Q4_0/Q4_1 blocks)")
+    ap.add_argument("--group-size", type=int, default=None, help="int4 group size (default 128; 32..128)")
+    ap.add_argument("--quantize-embeddings", action="store_true",
+                    help="with --quantize: also the token table (and an untied output head)")
     return ap
 
 
@@ -58,7 +64,15 @@ def _convert(args: argparse.Namespace) -> int:
 
     if args.to_hf:
         out = _check_out(args.out, "--out", args.force)
+        if args.quantize is not None:
+            raise ValueError("--quantize applies to --from-hf / --from-gguf; Hugging Face exports are float: drop it.")
         loaded = pretrained.load(args.to_hf)
+        from jaxlm.nn import quant
+
+        if quant.describe(loaded.params):  # a quantized params directory exports its dequantised weights
+            import dataclasses
+
+            loaded = dataclasses.replace(loaded, params=quant.dequantize(loaded.params))
         hf.save(loaded, out)
         what = "Hugging Face checkpoint"
     else:
@@ -66,10 +80,15 @@ def _convert(args: argparse.Namespace) -> int:
         out = _check_out(args.to, "--to", args.force)
         if args.from_gguf and not str(src).endswith(".gguf"):
             raise ValueError(f"--from-gguf {src}: expected a .gguf file.")
-        loaded = pretrained.load(src, dtype=args.dtype)
+        if args.quantize is not None:  # written quantized: loads back as QArrays, without re-quantizing
+            loaded = pretrained.load_quantized(src, args.quantize, args.group_size, args.quantize_embeddings,
+                                               dtype=args.dtype)
+        else:
+            loaded = pretrained.load(src, dtype=args.dtype)
         native.save(loaded, out)
         what = "jaxlm params directory"
     name = type(loaded.config).family
     tok = "with" if loaded.tokenizer is not None else "without"
-    print(f"wrote {what} {out}: {name}, {P.count(loaded.params):,} parameters, {tok} tokenizer")
+    q = f", quantized {args.quantize}" if args.quantize and not args.to_hf else ""
+    print(f"wrote {what} {out}: {name}, {P.count(loaded.params):,} parameters{q}, {tok} tokenizer")
     return 0

@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--length-penalty", type=float, default=0.6, help="GNMT alpha for --beam (default 0.6)")
     ap.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     ap.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence tokens")
+    ap.add_argument("--quantize", choices=("int8", "int4", "gguf"), default=None,
+                    help="weight-only quantization of the matmul weights: int8 (per output channel), int4 "
+                         "(--group-size values per scale), or gguf (keep a .gguf file's Q8_0/Q4_0/Q4_1 blocks)")
+    ap.add_argument("--group-size", type=int, default=None, help="int4 group size (default 128; 32..128)")
+    ap.add_argument("--quantize-embeddings", action="store_true",
+                    help="with --quantize: also the token table (and an untied output head)")
     from jaxlm.config import parse_step
 
     ap.add_argument("--step", type=parse_step, default=None,
@@ -157,7 +163,11 @@ def _generate(args: argparse.Namespace) -> int:
     if args.step is not None and pretrained.kind(args.path) != "run":
         raise ValueError(f"--step picks a checkpoint of a jaxlm run directory; {args.path} is not one: "
                          f"drop --step.")
-    loaded = pretrained.load(args.path, **({"step": args.step} if args.step is not None else {}))
+    kw = {"step": args.step} if args.step is not None else {}
+    if args.quantize is not None:
+        loaded = pretrained.load_quantized(args.path, args.quantize, args.group_size, args.quantize_embeddings, **kw)
+    else:
+        loaded = pretrained.load(args.path, **kw)
     ids = _encode(args, loaded)
     limit = _vocab_limit(args, loaded)
     stop = _stop_ids(loaded, args.ignore_eos)

@@ -18,8 +18,10 @@ Two layout notes:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +59,127 @@ def _dequantize(t) -> np.ndarray:
         a = dequantize(t.data, t.tensor_type)
     shape = tuple(int(s) for s in reversed(t.shape.tolist()))  # GGUF dims are innermost-first
     return np.asarray(a, np.float32).reshape(shape)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# GGUF blocks kept quantized (jaxlm.nn.quant.QArray)
+BLOCK = 32  # values per block in Q8_0 / Q4_0 / Q4_1
+KEPT_QUANTIZED = ("Q8_0", "Q4_0", "Q4_1")  # the GGUF types load(..., quantized=True) keeps as integers
+_FLOAT_TYPES = ("F32", "F16", "BF16")
+
+
+@dataclass
+class Blocks:
+    """One GGUF tensor's blocks decoded into integers, torch layout ``[rows, cols]`` (cols = input):
+    ``values`` int8 (Q8_0) or uint8 0..15 (Q4_0/Q4_1), ``scale`` / ``zero`` float16 ``[rows, cols / 32]``
+    (``zero``: Q4_1's per-block minimum, else None); ``w = scale * v`` (Q8_0), ``scale * (v - 8)`` (Q4_0),
+    ``scale * v + zero`` (Q4_1)."""
+
+    type_name: str
+    values: np.ndarray
+    scale: np.ndarray
+    zero: np.ndarray | None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.values.shape
+
+    def rows(self, perm_heads: int | None) -> Blocks:
+        """The same blocks with llama.cpp's q/k row permutation undone (see :func:`unpermute`)."""
+        if perm_heads is None:
+            return self
+        f = lambda a: None if a is None else unpermute(a, perm_heads)  # noqa: E731
+        return Blocks(self.type_name, f(self.values), f(self.scale), f(self.zero))
+
+
+def decode_blocks(raw: np.ndarray, type_name: str, shape: tuple[int, int]) -> Blocks:
+    """A Q8_0 / Q4_0 / Q4_1 tensor's raw bytes ``[rows, n_blocks * block_bytes]`` -> :class:`Blocks` (integers
+    and float16 scales, no float32 copy of the weight). Q4 blocks hold element j in the low nibble of byte j
+    and element j + 16 in its high nibble (llama.cpp's ``block_q4_0`` / ``block_q4_1``)."""
+    rows, cols = shape
+    if type_name not in KEPT_QUANTIZED:
+        raise ValueError(f"GGUF quantization type {type_name} cannot be kept quantized; jaxlm keeps "
+                         f"{', '.join(KEPT_QUANTIZED)} as integers (float types {', '.join(_FLOAT_TYPES)} load as "
+                         f"floats): load without quantized=True to dequantise it to float32, or re-export the "
+                         f"GGUF file as Q8_0, Q4_0 or Q4_1.")
+    nb = cols // BLOCK
+    b = np.ascontiguousarray(raw, np.uint8).reshape(rows, nb, -1)
+    head = 4 if type_name == "Q4_1" else 2
+    d = b[:, :, 0:2].copy().view(np.float16)[..., 0]  # [rows, nb]
+    m = b[:, :, 2:4].copy().view(np.float16)[..., 0] if type_name == "Q4_1" else None
+    qs = b[:, :, head:]
+    if type_name == "Q8_0":
+        v = qs.copy().view(np.int8)  # [rows, nb, 32]
+    else:
+        v = np.concatenate([qs & 0x0F, qs >> 4], axis=-1)  # [rows, nb, 16 + 16]: j, then j + 16
+    return Blocks(type_name, v.reshape(rows, cols), d, m)
+
+
+def _blocks_to_qarray(blocks: list[Blocks], op: str, inner: tuple[int, ...], layered: bool) -> Any:
+    """Per-layer :class:`Blocks` in torch layout -> one QArray in jaxlm layout (the mapping's ``op``:
+    ``copy`` keeps ``[V, D]``, ``linear<n>`` transposes ``[out, in]`` to ``[*in, *out]`` with n input
+    axes); groups of 32 run along the flattened input, as the blocks do."""
+    import jax.numpy as jnp
+
+    from jaxlm.convert import hf
+    from jaxlm.nn import quant
+
+    if op == "copy":
+        n_in, out_shape = 1, inner[:-1]
+        in_axes: tuple[int, ...] = (-1,)
+        to_ours = lambda a, shape: np.ascontiguousarray(a.reshape(shape))  # noqa: E731
+    elif op.startswith("linear"):
+        n_in = int(op[-1])
+        out_shape = inner[n_in:]
+        in_axes = tuple(range(-len(inner), -len(inner) + n_in))
+        to_ours = lambda a, shape: hf._to_ours(a, op, shape)  # noqa: E731
+    else:
+        raise ValueError(f"a GGUF {blocks[0].type_name} tensor maps to a jaxlm parameter with op {op!r}, which "
+                         f"cannot be kept quantized.")
+    bits = 8 if blocks[0].type_name == "Q8_0" else 4
+    qs, scales, zeros = [], [], []
+    if op == "copy":  # [V, D / 32] already
+        sc = lambda a: np.ascontiguousarray(a)  # noqa: E731
+    else:  # [out, in / 32] -> [in / 32, *out]
+        sc = lambda a: np.ascontiguousarray(a.T.reshape((a.shape[1],) + tuple(out_shape)))  # noqa: E731
+    for bl in blocks:
+        v = to_ours(bl.values, inner)
+        qs.append(v if bits == 8 else quant.pack_int4(v, len(inner) + in_axes[-1]))
+        scales.append(sc(bl.scale))
+        if bl.zero is not None:
+            zeros.append(sc(bl.zero))
+    stack = (lambda xs: np.stack(xs)) if layered else (lambda xs: xs[0])
+    return quant.QArray(q=jnp.asarray(stack(qs)), scale=jnp.asarray(stack(scales)),
+                        zero=jnp.asarray(stack(zeros)) if zeros else None, bits=bits, group=BLOCK, in_axes=in_axes)
+
+
+def _is_q(v) -> bool:
+    from jaxlm.nn import quant
+
+    return isinstance(v, quant.QArray)
+
+
+def _keep_quantized(family: ModuleType, cfg: Any, params: dict, kept: dict[str, Blocks]) -> dict:
+    """Replace the stand-ins of ``params`` by QArrays built from the kept blocks (the mapping's rules say
+    which Hugging Face tensors, one per layer for stacked parameters, make each jaxlm parameter)."""
+    from jaxlm.convert import hf
+
+    m = hf._mapping(family)
+    kept = hf.normalise_names(m, kept) if not m.fused else kept
+    rules, spec = hf._rules(family, cfg)
+    flat = P.flatten(params)
+    for ours, name, op in rules:
+        layered = "{i}" in name
+        names = [name.format(i=i) for i in range(cfg.n_layers)] if layered else [name]
+        if not any(n in kept for n in names):
+            continue
+        if not all(n in kept for n in names) or len({kept[n].type_name for n in names}) != 1:
+            raise ValueError(f"{ours}: its GGUF tensors mix quantization types "
+                             f"{sorted({kept[n].type_name if n in kept else 'float' for n in names})}; load "
+                             f"without quantized=True to dequantise them.")
+        inner = spec[ours].shape[1:] if layered else spec[ours].shape
+        flat[ours] = _blocks_to_qarray([kept[n] for n in names], op, inner, layered)
+    return P.unflatten(flat)
 
 
 def architectures(families: Mapping[str, ModuleType] | None = None) -> dict[str, ModuleType]:
@@ -107,10 +230,15 @@ def read_tokenizer(reader):
 
 
 def load(path: str | Path, dtype: str = "float32", tokenizer: bool = True,
-         families: Mapping[str, ModuleType] | None = None) -> Loaded:
+         families: Mapping[str, ModuleType] | None = None, quantized: bool = False) -> Loaded:
     """A ``.gguf`` file -> :class:`Loaded` (params dequantised to float32, then cast to ``dtype``); ``extra``
     has ``chat_template``, ``bos_id``, ``eos_id``, ``stop_ids``, ``hf_config`` and ``gguf`` metadata
-    (architecture, file type, name)."""
+    (architecture, file type, name).
+
+    ``quantized=True`` keeps the file's quantized matmul weights and token table quantized: Q8_0 / Q4_0 /
+    Q4_1 blocks become :class:`jaxlm.nn.quant.QArray` (int8 or packed int4 values, the file's float16 block
+    scales and Q4_1 minimums, groups of 32 along the input) without a float32 copy; float tensors (norms)
+    load as floats; any other quantized type is an error naming it and the supported ones."""
     import jax.numpy as jnp
     from gguf import GGUFReader
 
@@ -124,7 +252,7 @@ def load(path: str | Path, dtype: str = "float32", tokenizer: bool = True,
     g = _family(reader, families).HF.gguf
     hc = hf_config(reader, families)
     family, cfg = hf.config_from_hf(hc, families=families)
-    tensors = {}
+    tensors, kept = {}, {}
     for t in reader.tensors:
         key, i = t.name, None
         if key.startswith("blk."):  # per-layer tensors: "blk.<i>.<rest>", mapped by "blk.{i}.<rest>"
@@ -133,14 +261,24 @@ def load(path: str | Path, dtype: str = "float32", tokenizer: bool = True,
         target = g.tensors.get(key)
         if target is None:
             continue  # e.g. rope_freqs
+        name = target.format(i=i) if i is not None else target
+        heads = getattr(cfg, g.permuted[key]) if key in g.permuted else None
+        if quantized and t.tensor_type.name not in _FLOAT_TYPES:
+            shape = tuple(int(s) for s in reversed(t.shape.tolist()))
+            kept[name] = decode_blocks(t.data, t.tensor_type.name, shape).rows(heads)
+            # a zero-stride stand-in, so the name and shape checks of params_from_hf run unchanged
+            tensors[name] = np.broadcast_to(np.zeros((), np.bool_), shape)
+            continue
         a = _dequantize(t)
-        if key in g.permuted:
-            a = unpermute(a, getattr(cfg, g.permuted[key]))
-        tensors[target.format(i=i) if i is not None else target] = a
+        if heads is not None:
+            a = unpermute(a, heads)
+        tensors[name] = a
     params = hf.params_from_hf(family, cfg, tensors, source=str(p))
+    if kept:
+        params = _keep_quantized(family, cfg, params, kept)
     dtype = dtype or "float32"
     cfg = cfg.replace(dtype=dtype, param_dtype=dtype)
-    params = P.unflatten({k: jnp.asarray(v, dtype) for k, v in P.flatten(params).items()})
+    params = P.unflatten({k: v if _is_q(v) else jnp.asarray(v, dtype) for k, v in P.flatten(params).items()})
     tok = read_tokenizer(reader) if tokenizer else None
     if tok is not None:
         tok_lib.check_vocab(tok, cfg.vocab_size, str(p))

@@ -44,10 +44,15 @@ def save(model: Loaded | tuple, out_dir: str | Path, tokenizer: Any | None = Non
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     head = {"jaxlm_format": FORMAT, "family": type(cfg).family, "config": config_lib.to_dict(cfg)}
+    from jaxlm.nn import quant
+
+    layout = quant.describe(params)
+    if layout:  # weight-only quantized: each QArray is stored as path/q, path/scale (, path/zero)
+        head["quant"] = layout
     (out / "config.json").write_text(json.dumps(head, indent=2, sort_keys=True) + "\n")
     import jax.numpy as jnp
 
-    save_file({k: jnp.asarray(v) for k, v in P.flatten(params).items()}, str(out / "params.safetensors"))
+    save_file({k: jnp.asarray(v) for k, v in quant.to_flat_arrays(params).items()}, str(out / "params.safetensors"))
     if tokenizer is not None:
         tokenizer.save(str(out / "tokenizer.json"))
     extra.pop("source_dir", None)  # tokenizer files now live here
@@ -69,13 +74,17 @@ def load(path: str | Path, dtype: str | None = None, tokenizer: bool = True) -> 
     family = family_of(cfg)
     if not (d / "params.safetensors").is_file():
         raise FileNotFoundError(f"{d} has a jaxlm config.json but no params.safetensors.")
-    params = P.unflatten(load_file(str(d / "params.safetensors")))
+    from jaxlm.nn import quant
+
+    # a quantized directory (jaxlm convert --quantize) loads back as QArrays, without re-quantizing
+    params = quant.from_flat_arrays(load_file(str(d / "params.safetensors")), head.get("quant") or {})
     P.check_params(params, family.spec(cfg), what=f"params of {d}")
     if dtype is not None:
         import jax.numpy as jnp
 
         cfg = cfg.replace(dtype=dtype, param_dtype=dtype)
-        params = P.unflatten({k: jnp.asarray(v, dtype) for k, v in P.flatten(params).items()})
+        params = P.unflatten({k: v if quant.is_quantized(v) else jnp.asarray(v, dtype)
+                              for k, v in P.flatten(params).items()})
     tok = None
     if tokenizer and (d / "tokenizer.json").is_file():
         from tokenizers import Tokenizer

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlm import sharding
+from jaxlm.nn import quant
 from jaxlm.params import Param, normal, zeros
 
 TOKENS_AXES = ("vocab", "embed")  # logical axes of the [V, D] table (spec and lookup)
@@ -59,6 +60,9 @@ def apply(p: dict, tokens: jax.Array, dtype=jnp.float32, scale: float | None = N
     be checked) embeds as a zero vector: never NaN, and a negative id never wraps around to the end of the
     table. The train step counts such ids (:func:`count_out_of_range`) and the training loop stops on them.
     """
+    if isinstance(p["tokens"], quant.QArray):  # weight-only quantized table (jaxlm.nn.quant)
+        x = quant.take(p["tokens"], tokens, dtype)
+        return x * scale if scale is not None else x
     table = sharding.gathered(p["tokens"], TOKENS_AXES)
     # an FSDP-sharded table is gathered first (see sharding.gathered): a lookup into it otherwise
     # makes XLA replicate the whole activation. Negative ids are sent to V, past the end, because
@@ -70,10 +74,13 @@ def apply(p: dict, tokens: jax.Array, dtype=jnp.float32, scale: float | None = N
 
 def attend(p: dict, x: jax.Array) -> jax.Array:
     """Tied output logits: ``x`` [B, T, D] @ tokens^T -> [B, T, V]."""
+    if isinstance(p["tokens"], quant.QArray):
+        return quant.einsum("BTD,VD->BTV", x, p["tokens"])
     return jnp.einsum("BTD,VD->BTV", x, p["tokens"].astype(x.dtype))
 
 
 def unembed(p: dict, x: jax.Array) -> jax.Array:
     """Untied output logits: ``x`` [B, T, D] @ w -> [B, T, V]."""
-    y = jnp.einsum("BTD,DV->BTV", x, p["w"].astype(x.dtype))
+    w = p["w"]
+    y = quant.einsum("BTD,DV->BTV", x, w) if isinstance(w, quant.QArray) else jnp.einsum("BTD,DV->BTV", x, w.astype(x.dtype))
     return y + p["b"].astype(x.dtype) if "b" in p else y

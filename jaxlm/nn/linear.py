@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxlm.nn import quant
 from jaxlm.params import Param, normal, xavier_uniform, zeros
 
 
@@ -43,8 +44,11 @@ def spec(
 def apply(p: dict, x: jax.Array, eq: str, dtype=None) -> jax.Array:
     """``einsum(eq, x, w) + b`` in ``dtype`` (default x.dtype); e.g. ``eq="BTD,DHK->BTHK"``."""
     dtype = dtype or x.dtype
-    y = jnp.einsum(eq, x.astype(dtype), p["w"].astype(dtype))
-    if "lora_a" in p:
+    if isinstance(p["w"], quant.QArray):  # weight-only quantized (jaxlm.nn.quant)
+        y = quant.einsum(eq, x, p["w"], dtype)
+    else:
+        y = jnp.einsum(eq, x.astype(dtype), p["w"].astype(dtype))
+    if "lora_a" in p:  # a LoRA adapter (jaxlm.finetune.lora); over a quantized W this is QLoRA
         y = y + _low_rank(p, x.astype(dtype), eq, dtype)
     if "b" in p:
         y = y + p["b"].astype(dtype)
