@@ -13,6 +13,10 @@ Adapters are declared as :class:`jaxlm.params.Param` with logical axes (``A``: t
 an unsharded rank axis; ``B``: the rank axis plus the weight's output axes), so they shard by the same rules
 as the weights they adapt.
 
+QLoRA (Dettmers et al. 2023): the base may hold quantized weights (:class:`jaxlm.nn.quant.QArray`, int8 or
+int4); :func:`combine` leaves them quantized and :func:`jaxlm.nn.linear.apply` contracts them as stored (any
+dequantisation happens inside the jitted step, per use), so the base is never copied to float.
+
 Deviations: none from the paper's method; the rank axis is never sharded. A's init is PEFT's default
 (Kaiming-uniform with a = sqrt(5): uniform in ±1/sqrt(fan_in)).
 """
@@ -31,6 +35,7 @@ import numpy as np
 from jaxlm import params as P
 from jaxlm.config import ConfigError
 from jaxlm.models import family_of
+from jaxlm.nn import quant
 
 ADAPTER_KEYS = ("lora_a", "lora_b")
 NOT_ADAPTABLE = ("lm_head",)  # read directly (not through jaxlm.nn.linear.apply), so an adapter would be ignored
@@ -182,11 +187,15 @@ def combine(base: Mapping, adapters: Mapping, cfg: LoRAConfig, key: jax.Array | 
 
 def merge(base: Mapping, adapters: Mapping, cfg: LoRAConfig) -> dict:
     """``base`` with every adapted weight replaced by ``W + (alpha / r) · A · B`` (in W's dtype): a plain
-    params tree for export, conversion or decoding at the base model's speed."""
+    params tree for export, conversion or decoding at the base model's speed. A quantized ``W``
+    (:class:`jaxlm.nn.quant.QArray`, QLoRA) is dequantised and the merged weight is float; quantize the
+    result again with :func:`jaxlm.nn.quant.quantize` to keep the base's size."""
     fb, fa = P.flatten(base), P.flatten(adapters)
     out = dict(fb)
     for path in sorted({k.rsplit("/", 1)[0] for k in fa}):
         w, a, b = fb[f"{path}/w"], fa[f"{path}/lora_a"], fa[f"{path}/lora_b"]
+        if isinstance(w, quant.QArray):  # QLoRA: the merged weight is float (re-quantize it if wanted)
+            w = w.dequantize(w.dtype)
         lead = a.ndim + b.ndim - 2 - w.ndim
         ls = a.shape[:lead]
         a2 = jnp.asarray(a, jnp.float32).reshape(*ls, -1, a.shape[-1])  # [*layers, in, r]

@@ -24,7 +24,9 @@ CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n
 MULTI = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
          {"role": "assistant", "content": "4"}, {"role": "user", "content": "and 3+3?"},
          {"role": "assistant", "content": "6, of course"}]
-# short enough (character tokens) that several share a row of llama-tiny's 128 positions
+# a compact template, so that (character-tokenized) conversations share a row of llama-tiny's 128 positions
+SHORT = ("{% for m in messages %}{{'<' + m['role'][0] + '>' + m['content'] + '|'}}{% endfor %}"
+         "{% if add_generation_prompt %}{{'<a>'}}{% endif %}")
 CONVS = [[{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
          [{"role": "user", "content": "France?"}, {"role": "assistant", "content": "Paris."}],
          [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hi there"}],
@@ -34,7 +36,8 @@ CONVS = [[{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": 
 
 @pytest.fixture(scope="module")
 def tok():
-    return char_tokenizer(["".join(p for p, _ in sft.render(c, CHATML)) for c in [MULTI, *CONVS]])
+    return char_tokenizer(["".join(p for p, _ in sft.render(c, CHATML)) for c in [MULTI, *CONVS]] +
+                          ["".join(p for p, _ in sft.render(c, SHORT)) for c in CONVS])
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +63,8 @@ def test_assistant_tokens_are_exactly_the_assistant_turns(tok):
 
 def test_prompt_tokens_get_exactly_zero_gradient(tok, llama):
     fam, cfg, params = llama
-    arrays, info = sft.build(CONVS, tok, CHATML, seq_len=128)
-    assert info["truncated"] == 0 and info["rows"] == 2 and info["assistant_tokens"] == int(arrays["weights"].sum())
+    arrays, info = sft.build(CONVS, tok, SHORT, seq_len=128)
+    assert info["truncated"] == 0 and info["rows"] == 1 and info["assistant_tokens"] == int(arrays["weights"].sum())
     batch = {k: jnp.asarray(v) for k, v in arrays.items()}
     task = make_task("sft")
     loss = jax.jit(jax.value_and_grad(lambda p, b: task(p, b, None, cfg, False)["loss"]))
@@ -82,14 +85,14 @@ def test_prompt_tokens_get_exactly_zero_gradient(tok, llama):
 
 def test_packing_never_lets_a_conversation_attend_to_another(tok, llama):
     fam, cfg, params = llama
-    arrays, _ = sft.build(CONVS, tok, CHATML, seq_len=128)
+    arrays, _ = sft.build(CONVS, tok, SHORT, seq_len=48)
     assert arrays["segment_ids"].max() >= 2  # conversations really share rows
     b = {k: jnp.asarray(v) for k, v in arrays.items()}
     packed = np.asarray(fam.apply(params, b["inputs"], cfg, positions=b["positions"], segment_ids=b["segment_ids"]))
     convs = iter(CONVS)
     for r in range(len(packed)):
         for s in range(1, arrays["segment_ids"][r].max() + 1):
-            ids, _ = sft.encode(next(convs), tok, CHATML)
+            ids, _ = sft.encode(next(convs), tok, SHORT)
             alone = np.asarray(fam.apply(params, jnp.asarray(ids[None, :-1]), cfg))[0]
             np.testing.assert_allclose(packed[r][arrays["segment_ids"][r] == s], alone, atol=1e-5, rtol=1e-5)
     assert next(convs, None) is None
