@@ -107,6 +107,8 @@ def _tokenizer_texts(task: str, rows: dict[str, list]) -> list[str]:
         return rows["query"] + rows["text"]
     if task == "dpo":
         return rows["prompt"] + rows["chosen"] + rows["rejected"]
+    if task == "sft":
+        return []  # always a pretrained tokenizer (checked in prepare)
     return rows["text"]
 
 

@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from jaxlm.config import ConfigError
+from jaxlm.config import ConfigError, override
 from jaxlm.data.chat import ChatDataError
 from jaxlm.data.text import DataError, char_tokenizer
 from jaxlm.models import llama
@@ -53,12 +53,12 @@ def test_sft_run_trains_on_assistant_tokens(tmp_path):
     # a chat dataset without a messages field, a tokenizer without a template, a trained-from-scratch tokenizer
     with pytest.raises(DataError, match="no column 'messages'.*set data.messages_column"):
         (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "hi"}) + "\n")
-        train(run.replace(data=C.override(run.data, {"path": str(tmp_path / "bad.jsonl")})), tmp_path / "r2", quiet=True)
+        train(run.replace(data=override(run.data, {"path": str(tmp_path / "bad.jsonl")})), tmp_path / "r2", quiet=True)
     (tok_dir / "chat_template.jinja").unlink()
     with pytest.raises(ChatDataError, match="no chat template at"):
         train(run, tmp_path / "r3", quiet=True)
     with pytest.raises(DataError, match="train.task=sft fine-tunes a pretrained chat model"):
-        train(run.replace(data=C.override(run.data, {"tokenizer": "char"})), tmp_path / "r4", quiet=True)
+        train(run.replace(data=override(run.data, {"tokenizer": "char"})), tmp_path / "r4", quiet=True)
 
 
 def test_dpo_run_logs_rewards_and_starts_at_ln2(tmp_path):
@@ -77,7 +77,7 @@ def test_dpo_run_logs_rewards_and_starts_at_ln2(tmp_path):
 
     (tmp_path / "same.jsonl").write_text(json.dumps({"prompt": "a", "chosen": "b c", "rejected": "b c"}) + "\n")
     with pytest.raises(DataError, match="pair 0: chosen and rejected are identical"):
-        train(run.replace(data=C.override(run.data, {"path": str(tmp_path / "same.jsonl"), "eval_fraction": "0"})),
+        train(run.replace(data=override(run.data, {"path": str(tmp_path / "same.jsonl"), "eval_fraction": "0"})),
               tmp_path / "r2", quiet=True)
 
 
