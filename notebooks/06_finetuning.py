@@ -119,8 +119,18 @@ for _ in range(64):
     convs.append([{"role": "user", "content": f"{a}+{b_}?"}, {"role": "assistant", "content": str(a + b_)}])
 for text, is_assistant in sft.render(convs[0], CHATML):
     print(("TRAIN " if is_assistant else "ctx   ") + repr(text))
-tok = char_tokenizer(["".join(t for t, _ in sft.render(c, CHATML)) for c in convs])
-arrays, info = sft.build(convs, tok, CHATML, seq_len=64)
+
+# %% [markdown]
+# The toy model reads characters, so below a compact template (same structure: role markers, an
+# end-of-turn symbol) keeps each conversation short enough that several share a row.
+
+# %%
+SHORT = ("{% for m in messages %}{{'<' + m['role'][0] + '>' + m['content'] + '|'}}{% endfor %}"
+         "{% if add_generation_prompt %}{{'<a>'}}{% endif %}")
+for text, is_assistant in sft.render(convs[0], SHORT):
+    print(("TRAIN " if is_assistant else "ctx   ") + repr(text))
+tok = char_tokenizer(["".join(t for t, _ in sft.render(c, SHORT)) for c in convs])
+arrays, info = sft.build(convs, tok, SHORT, seq_len=64)
 print(info)
 
 # %% [markdown]
@@ -131,7 +141,7 @@ print(info)
 row = 0
 print("segment ids:", arrays["segment_ids"][row][:40])
 print("weights    :", arrays["weights"][row][:40].astype(int))
-alone_ids, _ = sft.encode(convs[0], tok, CHATML)
+alone_ids, _ = sft.encode(convs[0], tok, SHORT)
 packed = fam.apply(base, jnp.asarray(arrays["inputs"][:1]), cfg, positions=jnp.asarray(arrays["positions"][:1]),
                    segment_ids=jnp.asarray(arrays["segment_ids"][:1]))[0]
 alone = fam.apply(base, jnp.asarray(alone_ids[None, :-1]), cfg)[0]

@@ -16,8 +16,9 @@ from jaxlm.models import llama
 from jaxlm.train import config as C
 from jaxlm.train.loop import train
 
-CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
-          "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+# a compact chat template (character tokens): "<u>5+1?|<a>6|"
+TEMPLATE = ("{% for m in messages %}{{'<' + m['role'][0] + '>' + m['content'] + '|'}}{% endfor %}"
+            "{% if add_generation_prompt %}{{'<a>'}}{% endif %}")
 MODEL = llama.Config(vocab_size=64, max_len=64, d_model=32, n_heads=2, n_layers=1, d_ff=64)
 FAST = dict(batch_size=4, lr=3e-3, warmup_steps=0, log_every=1, eval_every=0, eval_batches=1, checkpoint_every=0,
             progress=False, tensorboard=False, plot=False, dropout=False)
@@ -27,7 +28,7 @@ def _checkpoint_dir(tmp_path, texts):
     d = tmp_path / "chat_model"
     d.mkdir()
     char_tokenizer(texts).save(str(d / "tokenizer.json"))
-    (d / "chat_template.jinja").write_text(CHATML)
+    (d / "chat_template.jinja").write_text(TEMPLATE)
     return d
 
 
@@ -40,14 +41,14 @@ def test_sft_run_trains_on_assistant_tokens(tmp_path):
     rows = _chat_rows()
     data = tmp_path / "chat.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tok_dir = _checkpoint_dir(tmp_path, ["<|im_start|><|im_end|>userassistant\n?+0123456789"])
+    tok_dir = _checkpoint_dir(tmp_path, ["<u>|<a>?+0123456789"])
     run = C.RunConfig(model=MODEL, train=C.TrainConfig(task="sft", steps=6, **FAST),
                       data=C.DataConfig(path=str(data), tokenizer=str(tok_dir), seq_len=48, eval_fraction=0.2))
     out = train(run, tmp_path / "run", quiet=True)
     n = out["info"]["conversations"]
     assert 18 <= n <= 20 and out["info"]["truncated"] == 0, out["info"]
-    # each reply is 1-2 digits + "<|im_end|>\n" (11 characters): the trained targets are the replies only
-    assert n * 12 <= out["info"]["train_tokens"] <= n * 13, out["info"]
+    # each reply is 1-2 digits + the template's "|": the trained targets are the replies only
+    assert n * 2 <= out["info"]["train_tokens"] <= n * 3, out["info"]
     assert math.isfinite(out["loss"]) and out["last_eval"]["eval_loss"] < out["first_eval"]["eval_loss"]
 
     # a chat dataset without a messages field, a tokenizer without a template, a trained-from-scratch tokenizer
