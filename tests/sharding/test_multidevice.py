@@ -209,8 +209,8 @@ def test_lora_adapters_shard_by_the_rules_and_train_the_same_on_8_devices():
     """LoRA adapters carry logical axes: on 8 CPU devices they are born sharded by the same rules as the
     weights they adapt (A's input axis and B's output axes; the rank axis replicated), and three adapter-only
     train steps give the one-device losses and logits."""
-    layouts = ("fsdp8", "data2_fsdp2_tensor2")
-    res = run_worker("worker_lora.py", "llama-tiny", ",".join(layouts))
+    layouts = ("data2_fsdp2_tensor2",)
+    res = run_worker("worker_lora.py", "llama-tiny", ",".join(layouts), timeout=1200)
     ref = res["single"]
     assert ref["losses"][-1] < ref["losses"][0]
     for lay in layouts:
@@ -218,11 +218,8 @@ def test_lora_adapters_shard_by_the_rules_and_train_the_same_on_8_devices():
         np.testing.assert_allclose(r["losses"], ref["losses"], rtol=1e-5, err_msg=lay)
         np.testing.assert_allclose(r["logits"], ref["logits"], atol=1e-4, err_msg=lay)
         s = r["specs"]
-        if lay == "fsdp8":
-            assert s["layers/attn/q/lora_a"] == [None, "fsdp", None], s["layers/attn/q/lora_a"]
-            assert s["layers/mlp/wo/lora_b"] == [None, None, "fsdp"]
-        else:
-            assert s["layers/attn/q/lora_a"] == [None, "fsdp", None]
-            assert s["layers/attn/q/lora_b"] == [None, None, "tensor", None]  # [layers, r, heads, head_dim]
-            assert s["layers/attn/o/lora_a"] == [None, "tensor", None, None]
-            assert s["layers/mlp/wi_0/lora_b"] == [None, None, "tensor"]
+        assert s["layers/attn/q/lora_a"] == [None, "fsdp", None], s["layers/attn/q/lora_a"]
+        assert s["layers/attn/q/lora_b"] == [None, None, "tensor", None]  # [layers, r, heads, head_dim]
+        assert s["layers/attn/o/lora_a"] == [None, "tensor", None, None]
+        assert s["layers/mlp/wi_0/lora_b"] == [None, None, "tensor"]
+        assert s["layers/mlp/wo/lora_b"] == [None, None, "fsdp"]

@@ -33,7 +33,7 @@ def run(base, adapters, cfg, batch, mesh=None) -> dict:
     opt_state = opt.init(adapters)
     losses = []
     with sharding.use_mesh(mesh):
-        for _s in range(3):
+        for _s in range(2):
             adapters, opt_state, m = step(adapters, opt_state, base, batch, None)
             losses.append(float(m["loss"]))
         logits = np.asarray(fwd(base, adapters))
