@@ -207,7 +207,7 @@ def test_jaxlm_train_on_two_processes_equals_one_process(tmp_path, shared_data):
 @pytest.mark.slow
 def test_lora_adapters_shard_by_the_rules_and_train_the_same_on_8_devices():
     """LoRA adapters carry logical axes: on 8 CPU devices they are born sharded by the same rules as the
-    weights they adapt (A's input axis and B's output axes; the rank axis replicated), and three adapter-only
+    weights they adapt (A's input axis and B's output axes; the rank axis replicated), and two adapter-only
     train steps give the one-device losses and logits."""
     layouts = ("data2_fsdp2_tensor2",)
     res = run_worker("worker_lora.py", "llama-tiny", ",".join(layouts), timeout=1200)
