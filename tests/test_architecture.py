@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
     {"jaxlm.sharding"},
     {"jaxlm.nn", "jaxlm.losses", "jaxlm.metrics", "jaxlm.data"},
     {"jaxlm.models"},
+    {"jaxlm.finetune"},
     {"jaxlm.parallel", "jaxlm.distributed"},
     {"jaxlm.train", "jaxlm.generate", "jaxlm.convert"},
     {"jaxlm.pretrained"},
@@ -136,7 +137,7 @@ def test_no_family_names_outside_the_family_files():
         hf = getattr(mod, "HF", None)
         names |= set(getattr(hf, "model_types", ()) or ())
     found = []
-    for sub in ("train", "generate", "convert", "commands"):
+    for sub in ("train", "generate", "convert", "commands", "finetune"):
         for path in sorted((ROOT / sub).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:

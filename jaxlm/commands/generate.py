@@ -110,11 +110,9 @@ def _encode(args, loaded) -> list[int]:
         template = (loaded.extra or {}).get("chat_template")
         if not template:
             raise ValueError(f"{args.path} has no chat template: drop --chat.")
-        from jaxlm.convert.hf import apply_chat_template
+        from jaxlm.data.chat import apply_chat_template, template_kwargs  # also what SFT data renders with
 
-        extra = loaded.extra or {}
-        names = {f"{k}_token": tok.id_to_token(extra[f"{k}_id"]) for k in ("bos", "eos")
-                 if extra.get(f"{k}_id") is not None}
+        names = template_kwargs(tok, loaded.extra)
         text = apply_chat_template(template, [{"role": "user", "content": args.prompt}], **names)
         special = False  # the template already holds the special tokens
     return tok.encode(text, add_special_tokens=special).ids

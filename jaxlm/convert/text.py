@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
+from jaxlm.data.chat import apply_chat_template  # noqa: F401  (rendering lives in data/, shared with SFT)
 from jaxlm.models.base import Loaded
 
 
@@ -47,20 +46,3 @@ def sentence_embeddings(loaded: Loaded, texts: list[str], batch_size: int = 32) 
             e = e / np.maximum(np.linalg.norm(e, axis=-1, keepdims=True), 1e-12)
         out.append(e)
     return np.concatenate(out)
-
-
-def apply_chat_template(template: str, messages: list[dict], *, add_generation_prompt: bool = True,
-                        **kw: Any) -> str:
-    """Render a Hugging Face chat template (Jinja) for ``messages`` ``[{"role", "content"}, ...]``;
-    ``kw`` (e.g. ``bos_token``) are passed to the template."""
-    try:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-    except ImportError:
-        raise ImportError("rendering a chat template needs jinja2 (pip install jinja2).") from None
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-
-    def raise_exception(msg):
-        raise ValueError(f"chat template: {msg}")
-
-    env.globals["raise_exception"] = raise_exception
-    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **kw)

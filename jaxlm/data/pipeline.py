@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxlm.data import packing, span_corruption, text
+from jaxlm.data import chat, packing, preference, span_corruption, text
 from jaxlm.data.text import DataError
 from jaxlm.fileio import write_atomic
 
@@ -63,6 +63,11 @@ def _rows(dc, task: str) -> tuple[dict[str, list], dict[str, list] | None]:
         if task == "classification":
             return {"text": _texts(ds, dc.text_column, "data.text_column"),
                     "label": list(text.column(ds, dc.label_column, "data.label_column"))}
+        if task == "sft":
+            return {"messages": list(text.column(ds, dc.messages_column, "data.messages_column"))}
+        if task == "dpo":
+            return {k: _texts(ds, getattr(dc, f"{k}_column"), f"data.{k}_column")
+                    for k in ("prompt", "chosen", "rejected")}
         return {"query": _texts(ds, dc.query_column, "data.query_column"),
                 "text": _texts(ds, dc.text_column, "data.text_column"),
                 "answer": _texts(ds, dc.answer_column, "data.answer_column")}
@@ -100,6 +105,10 @@ def _tokenizer_texts(task: str, rows: dict[str, list]) -> list[str]:
         return rows["source"] + rows["target"]  # one shared vocabulary, as in the paper
     if task == "span":
         return rows["query"] + rows["text"]
+    if task == "dpo":
+        return rows["prompt"] + rows["chosen"] + rows["rejected"]
+    if task == "sft":
+        return []  # always a pretrained tokenizer (checked in prepare)
     return rows["text"]
 
 
@@ -146,8 +155,15 @@ def _span_rows(tok, sp, rows, seq_len: int) -> dict[str, np.ndarray]:
             "end": np.asarray(ends, np.int32)}
 
 
-def _arrays(task: str, rows: dict, tok, sp: dict, dc, label_names=None) -> tuple[dict, list | None]:
+def _arrays(task: str, rows: dict, tok, sp: dict, dc, label_names=None, template=None) -> tuple[dict, list | None]:
     L = dc.seq_len
+    if task == "sft":
+        arr, info = chat.build(rows["messages"], tok, template, L, pad_id=sp["pad"],
+                               **chat.template_kwargs(tok, {"bos_id": sp["bos"], "eos_id": sp["eos"]}))
+        return arr, info
+    if task == "dpo":
+        return preference.build(text.encode(tok, rows["prompt"]), text.encode(tok, [" " + c for c in rows["chosen"]]),
+                                text.encode(tok, [" " + r for r in rows["rejected"]]), L, pad_id=sp["pad"]), None
     if task == "causal_lm":
         return packing.pack(text.encode(tok, rows["text"]), L, eos_id=sp["eos"]), None
     if task == "mlm":
@@ -184,6 +200,15 @@ def prepare(run, run_dir: str | Path | None = None) -> Prepared:
     dc, task, cfg = run.data, run.train.task, run.model
     train_rows, eval_rows = _rows(dc, task)
     tok_file = Path(run_dir) / TOKENIZER_FILE if run_dir is not None else None
+    if task == "sft" and dc.tokenizer in ("char", "bpe"):
+        raise DataError("train.task=sft fine-tunes a pretrained chat model: set data.tokenizer to its checkpoint "
+                        "directory (or tokenizer.json) so its tokenizer and chat template are used.")
+    template = None
+    if task == "sft":
+        template = chat.load_template(dc.chat_template or dc.tokenizer)
+        if template is None:
+            raise chat.ChatDataError(f"no chat template at {dc.chat_template or dc.tokenizer}: the tokenizer has "
+                                     f"none; set data.chat_template to a .jinja file or a chat model's directory.")
     if tok_file is not None and tok_file.is_file():
         tok = text.load_tokenizer(tok_file)
     else:
@@ -203,13 +228,15 @@ def prepare(run, run_dir: str | Path | None = None) -> Prepared:
     sp = text.special_ids(tok)
     if task == "mlm" and sp["mask"] is None:
         raise DataError("the mlm task needs a mask token; the tokenizer has none ([MASK] / <mask>).")
-    train_arr, names = _arrays(task, train_rows, tok, sp, dc)
+    train_arr, names = _arrays(task, train_rows, tok, sp, dc, template=template)
+    sft_info = names if task == "sft" else None
+    names = None if task == "sft" else names
     info: dict[str, Any] = {"train_rows": len(next(iter(train_rows.values()))),
                             "tokenizer_vocab": tok.get_vocab_size(with_added_tokens=True)}
     eval_data = None
     if eval_rows is not None and len(next(iter(eval_rows.values()))):
         try:
-            eval_arr, _ = _arrays(task, eval_rows, tok, sp, dc, names)
+            eval_arr, _ = _arrays(task, eval_rows, tok, sp, dc, names, template=template)
             eval_data = packing.ArrayData(eval_arr, run.train.seed)
         except ValueError as e:  # e.g. the held-out text is shorter than one block
             info["eval_skipped"] = str(e)
@@ -222,6 +249,9 @@ def prepare(run, run_dir: str | Path | None = None) -> Prepared:
     if task == "causal_lm":
         info["unigram_entropy"] = unigram_entropy(train_arr["targets"], train_arr["weights"])
         info["train_tokens"] = int(train_arr["weights"].sum())
+    if sft_info is not None:
+        info |= {"conversations": sft_info["conversations"], "truncated": sft_info["truncated"],
+                 "train_tokens": sft_info["assistant_tokens"]}
     info["train_examples"] = len(next(iter(train_arr.values())))
     info["eval_examples"] = 0 if eval_data is None else len(eval_data)
     return Prepared(packing.ArrayData(train_arr, run.train.seed), eval_data, tok, sp, info)
@@ -232,6 +262,8 @@ def task_options(run, prep: Prepared) -> dict:
     t = run.train
     opts = {"label_smoothing": t.label_smoothing, "z_loss": t.z_loss, "dropout": t.dropout,
             "mlm_prob": t.mlm_prob}
+    if t.task == "dpo":
+        opts["beta"] = t.dpo_beta
     if t.task == "mlm":
         n = prep.tokenizer.get_vocab_size(with_added_tokens=True)
         specials = [i for i in prep.specials.values() if i is not None]

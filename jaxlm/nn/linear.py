@@ -48,9 +48,34 @@ def apply(p: dict, x: jax.Array, eq: str, dtype=None) -> jax.Array:
         y = quant.einsum(eq, x, p["w"], dtype)
     else:
         y = jnp.einsum(eq, x.astype(dtype), p["w"].astype(dtype))
+    if "lora_a" in p:  # a LoRA adapter (jaxlm.finetune.lora); over a quantized W this is QLoRA
+        y = y + _low_rank(p, x.astype(dtype), eq, dtype)
     if "b" in p:
         y = y + p["b"].astype(dtype)
     return y
+
+
+def _low_rank(p: dict, x: jax.Array, eq: str, dtype) -> jax.Array:
+    """A LoRA adapter's term ``((dropout(x) @ A) @ B)``, same output shape as ``einsum(eq, x, w)``.
+
+    ``p["lora_a"]`` is ``[*in, r]`` (``in``: the dims of ``w`` that ``eq`` contracts with ``x``),
+    ``p["lora_b"]`` ``[r, *out]`` with the scale ``alpha / r`` already folded in
+    (:func:`jaxlm.finetune.lora.combine`); optional ``lora_key`` (raw key data) and ``lora_rate`` (a float
+    scalar) drop inputs of the low-rank path. Two thin einsums: the ``[*in, *out]`` delta is never formed."""
+    xs, rest = eq.split(",")
+    ws, ys = rest.split("->")
+    n_in = sum(c in xs for c in ws)
+    if any(c not in xs for c in ws[:n_in]) or p["lora_a"].ndim != n_in + 1:
+        raise ValueError(f"LoRA adapter of shape {p['lora_a'].shape} does not fit the projection {eq!r}: A must "
+                         f"be [*contracted dims, rank]; rebuild the adapters with jaxlm.finetune.lora.")
+    r = next(c for c in "RZYXWVUQPONMLJIGE" if c not in eq)  # a letter free for the rank axis
+    keep_x = "".join(c for c in xs if c not in ws)
+    if "lora_key" in p:  # LoRA dropout (Hu et al. 2021 apply it to the adapter's input only)
+        keep = 1.0 - p["lora_rate"].astype(jnp.float32)
+        mask = jax.random.bernoulli(jax.random.wrap_key_data(p["lora_key"]), keep, x.shape)
+        x = jnp.where(mask, x / keep.astype(dtype), jnp.zeros((), dtype))
+    h = jnp.einsum(f"{xs},{ws[:n_in]}{r}->{keep_x}{r}", x, p["lora_a"].astype(dtype))  # [..., r]
+    return jnp.einsum(f"{keep_x}{r},{r}{ws[n_in:]}->{ys}", h, p["lora_b"].astype(dtype))
 
 
 def fan_in(shape: Sequence[int], in_dims: int) -> int:

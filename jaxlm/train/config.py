@@ -23,7 +23,10 @@ from jaxlm.config import parse_step
 from jaxlm.fileio import write_text_atomic
 from jaxlm.models import FAMILIES, base, family_of, get
 
-TASKS = base.TASKS  # the training tasks a family may declare
+# the training tasks a family may declare, plus post-training tasks that need one of them (their data is
+# built by jaxlm.data.chat / jaxlm.data.preference, their losses by jaxlm.train.tasks)
+FINETUNE_TASKS = {"sft": "causal_lm", "dpo": "causal_lm"}
+TASKS = base.TASKS + tuple(FINETUNE_TASKS)
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "linear", "noam")
 
@@ -68,6 +71,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     z_loss: float = 0.0  # coefficient of the log-partition penalty (PaLM); 0 = off
     mlm_prob: float = 0.15
+    dpo_beta: float = 0.1  # dpo: strength of the implicit KL penalty toward the reference (the initial model)
     # loop
     log_every: int = 10
     eval_every: int = 200  # 0 = only at the end
@@ -131,6 +135,8 @@ class TrainConfig:
         if not 0 <= self.label_smoothing < 1:
             raise C.ConfigError(f"train.label_smoothing={self.label_smoothing} must be in [0, 1) (e.g. 0.1; "
                                 f"0 = off).")
+        n("train.dpo_beta", self.dpo_beta, _finite(self.dpo_beta) and self.dpo_beta > 0, "a finite number > 0",
+          "DPO papers use 0.1 to 0.5")
         if not 0 < self.mlm_prob < 1:
             raise C.ConfigError(f"train.mlm_prob={self.mlm_prob} must be in (0, 1) (BERT masks 0.15).")
         try:
@@ -159,6 +165,11 @@ class DataConfig:
     label_column: str = "label"  # classification
     query_column: str = "query"  # span extraction
     answer_column: str = "answer"
+    messages_column: str = "messages"  # sft: one conversation per row, [{"role", "content"}, ...]
+    prompt_column: str = "prompt"  # dpo: (prompt, chosen, rejected) texts
+    chosen_column: str = "chosen"
+    rejected_column: str = "rejected"
+    chat_template: str = ""  # sft: a .jinja file or checkpoint directory; "" = next to data.tokenizer
     tokenizer: str = "bpe"  # char | bpe (trained on the training split) | path of a pretrained tokenizer
     vocab_size: int | None = None  # BPE size; None = model.vocab_size
     seq_len: int = 128  # tokens per example (source length for seq2seq)
@@ -262,7 +273,12 @@ def resolve(cfg: RunConfig) -> RunConfig:
     the data's lengths fit a learned position table."""
     m, t, d = cfg.model, cfg.train, cfg.data
     fam = family_of(m)
-    if t.task not in fam.TASKS:
+    need = FINETUNE_TASKS.get(t.task, t.task)
+    if need != t.task and need not in fam.TASKS:
+        able = [name for name, mod in FAMILIES.items() if need in mod.TASKS]
+        raise C.ConfigError(f"train.task={t.task!r} trains a {need} model ({' or '.join(able)}), but model is "
+                            f"{type(m).family}; set model.preset to a {able[0]} preset (see `jaxlm models`).")
+    if need == t.task and t.task not in fam.TASKS:
         able = [name for name, mod in FAMILIES.items() if t.task in mod.TASKS]
         if not able:
             raise C.ConfigError(f"train.task={t.task!r}: no model family supports it (see `jaxlm models`).")

@@ -178,6 +178,9 @@ def _mean_metrics(ms: list[dict]) -> dict:
             mean[k] = float(np.average([float(m[k]) for m in ms], weights=w if w.sum() > 0 else None))
     mean["grad_norm"] = float(np.mean([float(m["grad_norm"]) for m in ms]))
     mean["tokens"] = float(w.sum())
+    # task-specific means (e.g. DPO's chosen / rejected rewards and their margin), weighted the same way
+    for k in sorted(set(ms[0]) - set(mean) - {"bad_ids"}):
+        mean[k] = float(np.average([float(m[k]) for m in ms], weights=w if w.sum() > 0 else None))
     return mean
 
 

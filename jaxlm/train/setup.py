@@ -287,6 +287,26 @@ def _first_state(run: C.RunConfig, c: Compiled, ckpt: Checkpointer, say,
     return c.init_state(key, cfg), 0, None, None
 
 
+def _with_reference(run: C.RunConfig, prep, c: Compiled, state, say):
+    """``prep`` with the DPO reference's summed log-probs (``ref_chosen_logps`` / ``ref_rejected_logps``)
+    added to its train and eval arrays. The reference is the run's starting model: the first state's params,
+    or for a resumed run the same params rebuilt (``train.init_from``'s, or the seed's fresh init)."""
+    from jaxlm.data.packing import ArrayData
+    from jaxlm.finetune import dpo
+
+    cfg, t = run.model, run.train
+    if state is not None:
+        ref = c.par.unreplicate(state).params
+    else:
+        fresh = family_of(cfg).init(jax.random.fold_in(jax.random.key(t.seed), 0), cfg)
+        ref = merge_params(fresh, run_params(t.init_from, parse_step(t.init_step))[0], t.init_from)[0] \
+            if t.init_from else fresh
+    say("dpo: computing the reference model's log-probs of every pair")
+    train = ArrayData(dpo.precompute_reference(ref, prep.train.arrays, cfg), t.seed)
+    ev = None if prep.eval is None else ArrayData(dpo.precompute_reference(ref, prep.eval.arrays, cfg), t.seed)
+    return dataclasses.replace(prep, train=train, eval=ev)
+
+
 def _past_end(ckpt: Checkpointer, start: int, steps: int) -> ConfigError:
     return ConfigError(f"{ckpt.run_dir} is already trained to step {start}, past train.steps={steps}; nothing "
                        f"to do. Raise train.steps above {start} to train on, evaluate an earlier kept step "
@@ -341,6 +361,8 @@ def _setup(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False,
     except BaseException:
         ckpt.close()
         raise
+    if t.task == "dpo":  # the frozen reference is the model the run starts from; its log-probs once, up front
+        prep = _with_reference(run, prep, c, state if resumed_from is None else None, say)
     if main:  # only now: a refused resume leaves the run directory's config.json as it was
         C.save(run, run_dir / "config.json")
 

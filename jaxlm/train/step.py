@@ -20,8 +20,9 @@ def summarize(sums: dict) -> dict:
     and ``tokens`` (the weight total: target tokens, masked tokens or examples); any further sum a task
     adds (a mixture-of-experts model's ``moe_*``) becomes its mean per unit of weight."""
     w = jnp.maximum(sums["weight"], 1e-9)
+    extra = {k: v / w for k, v in sums.items() if k not in SUM_KEYS}  # task-specific means (DPO's rewards)
     return {"loss": sums["loss"] / w, "nll": sums["nll"] / w, "accuracy": sums["correct"] / w,
-            "tokens": sums["weight"]} | {k: v / w for k, v in sums.items() if k not in SUM_KEYS}
+            "tokens": sums["weight"]} | extra
 
 
 def make_train_step(task, model_cfg, optimizer: optax.GradientTransformation, *,

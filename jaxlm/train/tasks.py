@@ -14,6 +14,10 @@ Batches (all arrays have a leading batch dim B):
 - ``span`` (BERT + span head): ``tokens``, ``valid`` [B, T], ``start``, ``end`` [B].
 - ``span_corruption`` (T5 pre-training): ``tokens`` [B, L] packed text; the step corrupts it
   (:func:`jaxlm.data.span_corruption.corrupt`, from the step's key) into encoder inputs and decoder targets.
+- ``sft``: the ``causal_lm`` batch built from conversations by :mod:`jaxlm.finetune.sft` (weights = 1 on
+  assistant tokens only).
+- ``dpo``: ``chosen_*`` / ``rejected_*`` inputs, targets, weights [B, T] and the reference's summed log-probs
+  ``ref_chosen_logps`` / ``ref_rejected_logps`` [B] (:mod:`jaxlm.finetune.dpo`); weight = pairs.
 Any batch may carry ``example_weights`` [B] (0 = a padding row of the last eval batch, see
 :meth:`jaxlm.data.packing.ArrayData.sequential`); every task multiplies it into its loss weights.
 """
@@ -29,6 +33,7 @@ import jax.numpy as jnp
 from jaxlm import losses
 from jaxlm.config import ConfigError, closest
 from jaxlm.data import span_corruption
+from jaxlm.finetune import dpo
 from jaxlm.models import family_of
 from jaxlm.nn import embed, xent
 
@@ -48,6 +53,7 @@ class Task:
     random_high: int | None = None
     noise_density: float = 0.15  # span corruption: fraction of tokens dropped ...
     mean_span_length: float = 3.0  # ... in spans of this mean length (T5)
+    beta: float = 0.1  # dpo: the strength of the KL penalty toward the reference
 
     def __call__(self, params: dict, batch: dict, key: jax.Array | None, model_cfg, train: bool = True) -> dict:
         return self.fn(self, params, batch, key, model_cfg, train)
@@ -156,16 +162,25 @@ def _span_corruption(task: Task, params, batch, key, cfg, train):
     tgt_in = jnp.concatenate([jnp.full_like(tgt[:, :1], cfg.bos_id), tgt[:, :-1]], 1)  # shifted right
     logits = family_of(cfg).apply(params, src, tgt_in, cfg, key=task.dropout_key(k_drop, train))
     return task.ce(logits, tgt, _rows(batch, None, tgt.shape))
+def _dpo(task: Task, params, batch, key, cfg, train):
+    return dpo.sums(params, batch, cfg, beta=task.beta, label_smoothing=task.label_smoothing,
+                    key=task.dropout_key(key, train))
 
 
 TASKS: dict[str, Callable] = {"causal_lm": _causal_lm, "mlm": _mlm, "seq2seq": _seq2seq,
                               "classification": _classification, "span": _span,
-                              "span_corruption": _span_corruption}
+                              "span_corruption": _span_corruption,
+                              # sft: the causal LM loss over chat data whose weights mark assistant tokens
+                              # (jaxlm.finetune.sft); dpo: preference pairs (jaxlm.finetune.dpo)
+                              "sft": _causal_lm, "dpo": _dpo}
 
 # the batch entries of each task that hold token ids (looked up in the embedding table or used as targets)
 TOKEN_KEYS: dict[str, tuple[str, ...]] = {"causal_lm": ("inputs", "targets"), "mlm": ("tokens",),
                                           "seq2seq": ("src", "tgt_in", "tgt_out"), "classification": ("tokens",),
-                                          "span": ("tokens",), "span_corruption": ("tokens",)}
+                                          "span": ("tokens",), "span_corruption": ("tokens",),
+                                          "sft": ("inputs", "targets"),
+                                          "dpo": ("chosen_inputs", "chosen_targets", "rejected_inputs",
+                                                  "rejected_targets")}
 
 
 def count_bad_ids(task: Task, batch: dict, vocab_size: int) -> jax.Array:

@@ -202,3 +202,24 @@ def test_jaxlm_train_on_two_processes_equals_one_process(tmp_path, shared_data):
     report = (tmp_path / "two" / "sharding.txt").read_text()
     assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2} (8 devices)" in report
     assert "(None, 'fsdp', 'tensor', None)" in report  # the q projection: embed -> fsdp, heads -> tensor
+
+
+@pytest.mark.slow
+def test_lora_adapters_shard_by_the_rules_and_train_the_same_on_8_devices():
+    """LoRA adapters carry logical axes: on 8 CPU devices they are born sharded by the same rules as the
+    weights they adapt (A's input axis and B's output axes; the rank axis replicated), and two adapter-only
+    train steps give the one-device losses and logits."""
+    layouts = ("data2_fsdp2_tensor2",)
+    res = run_worker("worker_lora.py", "llama-tiny", ",".join(layouts), timeout=1200)
+    ref = res["single"]
+    assert ref["losses"][-1] < ref["losses"][0]
+    for lay in layouts:
+        r = res[lay]
+        np.testing.assert_allclose(r["losses"], ref["losses"], rtol=1e-5, err_msg=lay)
+        np.testing.assert_allclose(r["logits"], ref["logits"], atol=1e-4, err_msg=lay)
+        s = r["specs"]
+        assert s["layers/attn/q/lora_a"] == [None, "fsdp", None], s["layers/attn/q/lora_a"]
+        assert s["layers/attn/q/lora_b"] == [None, None, "tensor", None]  # [layers, r, heads, head_dim]
+        assert s["layers/attn/o/lora_a"] == [None, "tensor", None, None]
+        assert s["layers/mlp/wi_0/lora_b"] == [None, None, "tensor"]
+        assert s["layers/mlp/wo/lora_b"] == [None, None, "fsdp"]
