@@ -364,6 +364,16 @@ class Parallel:
         run_jit.jitted = jitted  # for .lower() / cost analysis
         return run_jit
 
+    def lower(self, step: Callable, state: Any, batch: Any) -> Any:
+        """The jit step of :meth:`compile` lowered for abstract ``state`` and ``batch`` (``ShapeDtypeStruct``
+        trees): ``.compile()`` runs the compiler ahead of time (for any devices, e.g. a TPU slice's
+        compile-only ones) and ``.compile().memory_analysis()`` gives the per-device bytes. jit mode only."""
+        if self.mode != "jit":
+            raise ValueError("lower() is for mesh.parallel=jit.")
+        jitted = self.compile(step, state).jitted
+        with sharding.use_mesh(self.mesh, self.rules):
+            return jitted.lower(state, batch)
+
     def compile_eval(self, eval_step: Callable, state: Any) -> Callable:
         """``eval_step(params_or_state, batch) -> metrics`` jitted on this mesh; batches come from
         ``place_batch(..., for_eval=True)``. pmap runs evaluate :meth:`unreplicate`'s state (replicated on
