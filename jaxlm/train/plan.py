@@ -23,6 +23,7 @@ once. Step time and tokens/s are ESTIMATES at an assumed hardware-FLOPs utilisat
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import itertools
 import math
@@ -469,16 +470,22 @@ def activation_bytes(run: C.RunConfig) -> dict:
     return {"kept": int(kept), "one_layer": int(one_layer), "loss": int(loss), "mask": int(mask)}
 
 
+@functools.lru_cache(maxsize=256)
+def _state_bytes(run: C.RunConfig) -> tuple[int, int, int]:
+    """Per-device (parameter, optimizer-state, batch) bytes: exact, from the abstract state's shardings."""
+    _, state, batch = _abstract(run, None)
+    p_bytes = sum(_shard_bytes(x.shape, x.dtype, x.sharding) for x in jax.tree.leaves(state.params))
+    all_bytes = sum(_shard_bytes(x.shape, x.dtype, x.sharding) for x in jax.tree.leaves(state))
+    batch_bytes = sum(_shard_bytes(x.shape, x.dtype, x.sharding) for x in jax.tree.leaves(batch))
+    return p_bytes, all_bytes - p_bytes, batch_bytes
+
+
 def estimate(run: C.RunConfig, topo: Topology, *, utilisation: float = 0.5) -> Plan:
     """The analytic :class:`Plan` of ``run`` on ``topo``: state bytes exact from the abstract state and its
     shardings on an abstract mesh (no device, no compile), gradients as one more copy of the parameters,
     activations by :func:`activation_bytes`."""
     run = _run_for(run, topo)
-    _, state, batch = _abstract(run, None)
-    p_bytes = sum(_shard_bytes(x.shape, x.dtype, x.sharding) for x in jax.tree.leaves(state.params))
-    all_bytes = sum(_shard_bytes(x.shape, x.dtype, x.sharding) for x in jax.tree.leaves(state))
-    o_bytes = all_bytes - p_bytes
-    batch_bytes = sum(_shard_bytes(x.shape, x.dtype, x.sharding) for x in jax.tree.leaves(batch))
+    p_bytes, o_bytes, batch_bytes = _state_bytes(run.replace(model=run.model.replace(remat="none")))
     acts = activation_bytes(run)
     grads = p_bytes  # one gradient per parameter, sharded like it (reduce-scattered)
     # FSDP / tensor parallelism: a layer's weights are gathered whole (per tensor shard) for its matmuls
