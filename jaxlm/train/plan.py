@@ -206,6 +206,10 @@ def _run_for(run: C.RunConfig, topo: Topology) -> C.RunConfig:
     elif fixed != topo.chips:
         raise ConfigError(f"mesh {shown} = {fixed} devices, but {topo.name} has {topo.chips}: choose sizes whose "
                           f"product is {topo.chips} (or set one of them to -1 to fill the rest).")
+    if sizes["context"] > 1:
+        from jaxlm.nn import context as ctx
+
+        ctx.check_divides(run.data.seq_len, sizes["context"])
     if m.parallel != "jit":
         raise ConfigError("jaxlm plan compiles the jit step (mesh.parallel=jit); a pmap run holds a full replica "
                           "per device, i.e. the plan of mesh.data=N with mesh.fsdp=1 mesh.tensor=1.")
@@ -213,9 +217,8 @@ def _run_for(run: C.RunConfig, topo: Topology) -> C.RunConfig:
 
 
 def mesh_axes(mesh_cfg) -> tuple[str, ...]:
-    """The mesh config's size fields (data, fsdp, tensor, and context where the config has it)."""
-    return tuple(a for a in (*sharding.MESH_AXES, "context") if hasattr(mesh_cfg, a)) \
-        if "context" not in sharding.MESH_AXES else sharding.MESH_AXES
+    """The mesh config's size fields (data, fsdp, context, tensor)."""
+    return sharding.MESH_AXES
 
 
 def seq_lens(run: C.RunConfig) -> tuple[int, int | None]:
@@ -579,25 +582,25 @@ def candidates(run: C.RunConfig, topo: Topology, *, remats: Sequence[str] = REMA
     """Every remat policy x gradient accumulation x mesh layout of ``run`` on ``topo`` whose micro-batch
     splits over the data-parallel devices."""
     B = run.train.batch_size
+    cp = max(1, run.mesh.context)  # the context size the user chose is kept; the rest of the chips are split
     out = []
     for remat, accum in itertools.product(remats, [a for a in (1, 2, 4, 8, 16, 32) if a <= max_accum]):
         if B % accum:
             continue
         micro = B // accum
-        for lay in layouts(topo.chips, run.model, micro):
+        for lay in layouts(topo.chips // cp, run.model, micro):
             if micro % (lay["data"] * lay["fsdp"]):
                 continue
-            extra = {"context": 1} if hasattr(run.mesh, "context") else {}
             out.append(run.replace(model=run.model.replace(remat=remat),
                                    train=dataclasses.replace(run.train, grad_accum=accum),
-                                   mesh=dataclasses.replace(run.mesh, **lay, **extra)))
+                                   mesh=dataclasses.replace(run.mesh, **lay, context=cp)))
     return out
 
 
 def _rank_key(p: Plan) -> tuple:
     m = p.run.mesh
     # fastest estimate first; among equals fewer collectives (tensor, then fsdp) and fewer micro-batches
-    return (not p.fits, round(p.step_seconds, 6), getattr(m, "tensor", 1), getattr(m, "fsdp", 1),
+    return (not p.fits, round(p.step_seconds, 6), m.tensor, m.context, m.fsdp,
             p.run.train.grad_accum, p.total)
 
 
