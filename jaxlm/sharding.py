@@ -134,8 +134,8 @@ def logical_to_pspec(
             continue
         targets = (target,) if isinstance(target, str) else tuple(target)
         targets = tuple(t for t in targets if t not in used)
-        if mesh is not None:
-            targets = tuple(t for t in targets if mesh.shape[t] > 1)
+        if mesh is not None:  # a mesh without an axis (a 3-axis mesh has no "context") counts it as size 1
+            targets = tuple(t for t in targets if dict(mesh.shape).get(t, 1) > 1)
         if shape is not None and mesh is not None and targets:
             size = math.prod(mesh.shape[t] for t in targets)
             if shape[i] % size:
