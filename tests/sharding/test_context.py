@@ -52,3 +52,18 @@ def test_plan_checks_context_against_the_sequence():
                                                             "data.seq_len": "128"})
     with pytest.raises(ConfigError, match="mesh.context=3 does not divide data.seq_len=128"):
         PL.estimate(run, PL.parse_topology("cpu:6"))
+
+
+@pytest.mark.slow
+@pytest.mark.multidevice
+def test_dropout_masks_jit_independent_of_mesh_pmap_per_device():
+    """README "Running on many devices": under jit the dropout masks are drawn for the global batch, so
+    every mesh trains the same losses as one device with dropout on; pmap draws per-device masks (the key
+    folded with the device index), so its losses differ slightly."""
+    res = run_worker("worker_context.py", "--dropout", "gpt2-tiny")
+    ref = np.array(res["single"]["losses"])
+    for name in ("data8", "data2_fsdp2_tensor2"):
+        np.testing.assert_allclose(res[name]["losses"], ref, rtol=1e-5, err_msg=name)
+    rel = np.abs(np.array(res["pmap8"]["losses"]) / ref - 1)
+    print("pmap vs jit with dropout, relative:", rel)
+    assert rel[-1] > 1e-6 and np.all(rel < 1e-2)

@@ -78,5 +78,27 @@ def main(name: str) -> dict:
     return out
 
 
+def dropout(name: str) -> dict:
+    """Dropout on: jit on one device, jit data=8, jit 2 x 2 x 2 and pmap over 8, 2 steps each."""
+    from jaxlm import models
+
+    cfg = models.get(name)[1]  # the preset's own dropout (GPT-2: 0.1)
+    data = packed(cfg, 2, 8, 32)
+    opt = L.optimizer(cfg)
+    out = {}
+    for label, mesh, n in (("single", {"data": 1}, 1), ("data8", {"data": 8}, 8),
+                           ("data2_fsdp2_tensor2", {"data": 2, "fsdp": 2, "tensor": 2}, 8),
+                           ("pmap8", {"data": 8, "parallel": "pmap"}, 8)):
+        par = parallel.Parallel(mesh, model_cfg=cfg, batch_size=8, devices=jax.devices()[:n], seq_len=32)
+        state = par.init_state(L.create_state, jax.random.key(0), cfg, opt)
+        train = par.compile(L.make_step(cfg, opt, grad_axis_name=par.grad_axis_name), state)
+        losses = []
+        for b in data:
+            state, m = train(state, par.place_batch(b))
+            losses.append(float(m["loss"]))
+        out[label] = {"losses": losses}
+    return out
+
+
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1])))
+    print(json.dumps(dropout(sys.argv[2]) if sys.argv[1] == "--dropout" else main(sys.argv[1])))
