@@ -30,7 +30,9 @@ MESH_AXES: tuple[str, ...] = ("data", "fsdp", "context", "tensor")
 # logical axis -> mesh axis (or tuple of mesh axes, or None = replicated)
 RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", ("data", "fsdp")),
-    ("embed", "fsdp"),
+    # FSDP also over context: context-parallel devices hold different tokens (like data parallelism), so
+    # they can share the parameter shards too (ZeRO-3 across both)
+    ("embed", ("fsdp", "context")),
     ("vocab", "tensor"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
