@@ -37,10 +37,13 @@ def main() -> None:
     ap.add_argument("--rows", default="", help="PRESET:TOPOLOGY,... (default: every preset x topology)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "plan_table.md"))
     ap.add_argument("--timeout", type=int, default=1500)
+    ap.add_argument("--analytic", action="store_true", help="analytic search only, in this process (fast)")
     args = ap.parse_args()
     rows = [tuple(r.split(":", 1)) for r in args.rows.split(",") if r] or [(p, t) for t in TOPOLOGIES
                                                                             for p in PRESETS]
     out = Path(args.out)
+    if args.analytic:
+        return analytic(rows, out)
     for preset, topo in rows:
         cmd = command(preset, topo, [])
         env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -66,6 +69,32 @@ def main() -> None:
         with out.open("a") as f:
             f.write(line + f" <!-- {secs:.0f}s -->\n")
         print(line, f"({secs:.0f}s)", flush=True)
+
+
+def analytic(rows, out: Path) -> None:
+    """The same rows from `jaxlm plan ... --search --analytic` (no compiler): labelled analytic."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from jaxlm.train import config as C
+    from jaxlm.train import plan as PL
+
+    for preset, topo in rows:
+        cmd = command(preset, topo, ["--analytic"])
+        t0 = time.time()
+        over = dict(a.split("=", 1) for a in cmd if "=" in a)
+        run = C.apply_overrides(C.RunConfig(model=preset), over)
+        plans = PL.search(run, topo, analytic=True)
+        fits = [p for p in plans if p.fits]
+        if fits:
+            p = fits[0]
+            line = (f"| {preset} | {topo} | {p.mesh_str()} | {p.run.model.remat} | {p.run.train.grad_accum} | "
+                    f"{p.total / PL.GiB:.2f} (analytic) | {p.tokens_per_second:,.0f} | `{' '.join(cmd)}` |")
+        else:
+            best = min(plans, key=lambda p: p.total)
+            line = (f"| {preset} | {topo} | nothing fits (smallest: {best.mesh_str()}, {best.run.model.remat}) | | | "
+                    f"{best.total / PL.GiB:.2f} (analytic) | - | `{' '.join(cmd)}` |")
+        with out.open("a") as f:
+            f.write(line + "\n")
+        print(line, f"({time.time() - t0:.0f}s)", flush=True)
 
 
 if __name__ == "__main__":

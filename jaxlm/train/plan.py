@@ -473,14 +473,20 @@ def activation_bytes(run: C.RunConfig) -> dict:
     return {"kept": int(kept), "one_layer": int(one_layer), "loss": int(loss), "mask": int(mask)}
 
 
-@functools.lru_cache(maxsize=256)
-def _state_bytes(run: C.RunConfig) -> tuple[int, int, int]:
-    """Per-device (parameter, optimizer-state, batch) bytes: exact, from the abstract state's shardings."""
-    _, state, batch = _abstract(run, None)
+@functools.lru_cache(maxsize=512)
+def _state_bytes(run: C.RunConfig) -> tuple[int, int]:
+    """Per-device (parameter, optimizer-state) bytes: exact, from the abstract state's shardings."""
+    _, state, _ = _abstract(run, None)
     p_bytes = sum(_shard_bytes(x.shape, x.dtype, x.sharding) for x in jax.tree.leaves(state.params))
     all_bytes = sum(_shard_bytes(x.shape, x.dtype, x.sharding) for x in jax.tree.leaves(state))
-    batch_bytes = sum(_shard_bytes(x.shape, x.dtype, x.sharding) for x in jax.tree.leaves(batch))
-    return p_bytes, all_bytes - p_bytes, batch_bytes
+    return p_bytes, all_bytes - p_bytes
+
+
+def _batch_bytes(run: C.RunConfig) -> int:
+    """Per-device bytes of one micro-batch: rows split over data x fsdp."""
+    ms = _mesh_sizes(run)
+    dp = ms["data"] * ms["fsdp"]
+    return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize // dp for x in abstract_batch(run).values())
 
 
 def estimate(run: C.RunConfig, topo: Topology, *, utilisation: float = 0.5) -> Plan:
@@ -488,7 +494,12 @@ def estimate(run: C.RunConfig, topo: Topology, *, utilisation: float = 0.5) -> P
     shardings on an abstract mesh (no device, no compile), gradients as one more copy of the parameters,
     activations by :func:`activation_bytes`."""
     run = _run_for(run, topo)
-    p_bytes, o_bytes, batch_bytes = _state_bytes(run.replace(model=run.model.replace(remat="none")))
+    # the state does not depend on remat, batch or how many micro-batches (only on whether there are several)
+    t = run.train
+    key = run.replace(model=run.model.replace(remat="none"), data=C.DataConfig(),
+                      train=dataclasses.replace(t, batch_size=2, grad_accum=min(t.grad_accum, 2)))
+    p_bytes, o_bytes = _state_bytes(key)
+    batch_bytes = _batch_bytes(run)
     acts = activation_bytes(run)
     grads = p_bytes  # one gradient per parameter, sharded like it (reduce-scattered)
     # FSDP / tensor parallelism: a layer's weights are gathered whole (per tensor shard) for its matmuls
