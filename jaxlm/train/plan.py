@@ -195,7 +195,7 @@ def _run_for(run: C.RunConfig, topo: Topology) -> C.RunConfig:
     sizes = {a: getattr(m, a) for a in mesh_axes(m)}
     free = [a for a, v in sizes.items() if v == -1]
     fixed = math.prod(v for v in sizes.values() if v != -1)
-    shown = " x ".join(f"{a}={v}" for a, v in sizes.items())
+    shown = " x ".join(f"{a}={v}" for a, v in sizes.items() if a != "context" or v != 1)
     if len(free) > 1:
         raise ConfigError(f"mesh {shown}: at most one mesh size may be -1.")
     if free:
