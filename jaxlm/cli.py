@@ -1,4 +1,4 @@
-"""The ``jaxlm`` command line: ``jaxlm models | train | eval | generate | convert``.
+"""The ``jaxlm`` command line: ``jaxlm models | train | eval | generate | convert | plan``.
 
 Each sub-command lives in its own module under :mod:`jaxlm.commands` and is imported only when used, so
 ``jaxlm models`` starts fast and a missing optional dependency affects only its own command. A user error
@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("jaxlm.commands.eval", "evaluate a run directory (or a Hugging Face directory)"),
     "generate": ("jaxlm.commands.generate", "generate text from a run directory or Hugging Face directory"),
     "convert": ("jaxlm.commands.convert", "convert Hugging Face / GGUF checkpoints to and from jaxlm"),
+    "plan": ("jaxlm.commands.plan", "will it fit on a TPU slice, how fast: jaxlm plan PRESET --topology v5e-16"),
 }
 
 

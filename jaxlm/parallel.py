@@ -59,7 +59,8 @@ def mesh_from_config(mesh_cfg: Any = None, devices=None) -> Mesh:
     if mesh_cfg is None:
         return sharding.make_mesh(-1, 1, 1, devices)
     return sharding.make_mesh(
-        _field(mesh_cfg, "data", 1), _field(mesh_cfg, "fsdp", 1), _field(mesh_cfg, "tensor", 1), devices
+        _field(mesh_cfg, "data", 1), _field(mesh_cfg, "fsdp", 1), _field(mesh_cfg, "tensor", 1), devices,
+        context=_field(mesh_cfg, "context", 1),
     )
 
 
@@ -67,7 +68,8 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def validate(mesh: Mesh, *, model_cfg: Any = None, batch_size: int | None = None, mode: str = "jit") -> None:
+def validate(mesh: Mesh, *, model_cfg: Any = None, batch_size: int | None = None, mode: str = "jit",
+             seq_len: int | None = None) -> None:
     """Check that ``model_cfg`` and the global ``batch_size`` fit ``mesh``; raise ConfigError naming the fix.
 
     - the batch must split evenly over the data-parallel size (``data x fsdp``; all devices under pmap)
@@ -75,11 +77,20 @@ def validate(mesh: Mesh, *, model_cfg: Any = None, batch_size: int | None = None
     - ``mesh.tensor`` must divide ``n_heads`` (tensor parallelism splits attention by heads). Key/value
       heads that ``mesh.tensor`` does not divide (multi-query / grouped-query attention) are replicated,
       with a log line, as are other dimensions that do not divide their mesh axes;
-    - pmap is data parallel only: ``mesh.fsdp`` and ``mesh.tensor`` must be 1.
+    - pmap is data parallel only: ``mesh.fsdp``, ``mesh.tensor`` and ``mesh.context`` must be 1;
+    - ``mesh.context`` must divide ``seq_len`` (each device holds ``seq_len / context`` tokens of every row).
     """
     if mode not in MODES:
         raise ConfigError(f"mesh.parallel={mode!r} is not one of {list(MODES)}.")
     shape = sharding.mesh_shape(mesh)
+    if shape["context"] > 1:
+        from jaxlm.nn import context as ctx
+
+        if mode == "pmap":
+            raise ConfigError(f"mesh.context={shape['context']} needs mesh.parallel=jit (pmap is data parallel "
+                              f"only).")
+        if seq_len is not None:
+            ctx.check_divides(seq_len, shape["context"])
     if mode == "pmap" and (shape["fsdp"] > 1 or shape["tensor"] > 1):
         raise ConfigError(
             f"mesh.parallel='pmap' is data parallel only, but the mesh has fsdp={shape['fsdp']} and "
@@ -175,18 +186,20 @@ class Parallel:
     """
 
     def __init__(self, mesh_cfg: Any = None, *, model_cfg: Any = None, spec: Mapping | None = None,
-                 batch_size: int | None = None, devices=None, rules=None, mode: str | None = None):
+                 batch_size: int | None = None, devices=None, rules=None, mode: str | None = None,
+                 seq_len: int | None = None):
         self.mode = mode or _field(mesh_cfg, "parallel", "jit")
         self.rules = rules
         if self.mode == "pmap" and mesh_cfg is not None and _field(mesh_cfg, "data", 1) == 1 and (
-                _field(mesh_cfg, "fsdp", 1) == 1 and _field(mesh_cfg, "tensor", 1) == 1):
+                _field(mesh_cfg, "fsdp", 1) == 1 and _field(mesh_cfg, "tensor", 1) == 1
+            and _field(mesh_cfg, "context", 1) == 1):
             mesh_cfg = {"data": -1}  # pmap over every device unless told otherwise
         self.mesh = mesh_from_config(mesh_cfg, devices)
         self.model_cfg = model_cfg
         if spec is None and model_cfg is not None:
             spec = family_of(model_cfg).spec(model_cfg)
         self.spec = spec
-        validate(self.mesh, model_cfg=model_cfg, batch_size=batch_size, mode=self.mode)
+        validate(self.mesh, model_cfg=model_cfg, batch_size=batch_size, mode=self.mode, seq_len=seq_len)
         if self.mode == "pmap":
             # pmap maps over this process's devices; processes run side by side (multi-host pmap).
             self.devices = [d for d in self.mesh.devices.flat if d.process_index == jax.process_index()]
@@ -363,6 +376,16 @@ class Parallel:
 
         run_jit.jitted = jitted  # for .lower() / cost analysis
         return run_jit
+
+    def lower(self, step: Callable, state: Any, batch: Any) -> Any:
+        """The jit step of :meth:`compile` lowered for abstract ``state`` and ``batch`` (``ShapeDtypeStruct``
+        trees): ``.compile()`` runs the compiler ahead of time (for any devices, e.g. a TPU slice's
+        compile-only ones) and ``.compile().memory_analysis()`` gives the per-device bytes. jit mode only."""
+        if self.mode != "jit":
+            raise ValueError("lower() is for mesh.parallel=jit.")
+        jitted = self.compile(step, state).jitted
+        with sharding.use_mesh(self.mesh, self.rules):
+            return jitted.lower(state, batch)
 
     def compile_eval(self, eval_step: Callable, state: Any) -> Callable:
         """``eval_step(params_or_state, batch) -> metrics`` jitted on this mesh; batches come from

@@ -1,7 +1,8 @@
 """Logical axis names -> device mesh.
 
 Model code names logical axes only (``"batch"``, ``"embed"``, ``"heads"`` ...); one rules table maps them
-onto the mesh axes ``("data", "fsdp", "tensor")``. On a laptop the mesh is ``(1, 1, 1)`` and every rule is
+onto the mesh axes ``("data", "fsdp", "context", "tensor")`` (``context`` shards the sequence dimension of
+activations: context parallelism, :mod:`jaxlm.nn.ring`). On a laptop the mesh is ``(1, 1, 1)`` and every rule is
 a no-op, so the same code runs from one CPU to a pod.
 """
 
@@ -23,12 +24,15 @@ from jaxlm.params import flatten, unflatten
 
 log = logging.getLogger(__name__)
 
-MESH_AXES: tuple[str, str, str] = ("data", "fsdp", "tensor")
+# tensor innermost (neighbouring chips: its all-reduces are the heaviest), context next to it
+MESH_AXES: tuple[str, ...] = ("data", "fsdp", "context", "tensor")
 
 # logical axis -> mesh axis (or tuple of mesh axes, or None = replicated)
 RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", ("data", "fsdp")),
-    ("embed", "fsdp"),
+    # FSDP also over context: context-parallel devices hold different tokens (like data parallelism), so
+    # they can share the parameter shards too (ZeRO-3 across both)
+    ("embed", ("fsdp", "context")),
     ("vocab", "tensor"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
@@ -37,24 +41,26 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("layers", None),
     # MoE expert weights [E, ...]: whole experts per fsdp shard (see jaxlm/nn/moe.py and docs/architecture.md §5)
     ("experts", "fsdp"),
-    ("seq", None),
+    ("seq", "context"),
     ("act_embed", None),
 )
 
 
 def make_mesh(
-    data: int = 1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None
+    data: int = 1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None, *,
+    context: int = 1,
 ) -> Mesh:
-    """A ``(data, fsdp, tensor)`` mesh over ``devices`` (default: all devices of all processes) with Auto
-    axis types. One of the sizes may be -1: it takes whatever the others leave.
+    """A ``(data, fsdp, context, tensor)`` mesh over ``devices`` (default: all devices of all processes) with
+    Auto axis types. One of the sizes may be -1: it takes whatever the others leave.
 
     Without ``devices`` the device order comes from :func:`jax.make_mesh`, which knows TPU/GPU topologies
     (neighbouring chips share the innermost axis, ``tensor``, where communication is heaviest).
     """
     all_devices = list(jax.devices() if devices is None else devices)
     n = len(all_devices)
-    sizes = [data, fsdp, tensor]
-    shown = f"mesh.data={data}, mesh.fsdp={fsdp}, mesh.tensor={tensor}"
+    sizes = [data, fsdp, context, tensor]
+    shown = f"mesh.data={data}, mesh.fsdp={fsdp}, mesh.tensor={tensor}" + (f", mesh.context={context}"
+                                                                            if context != 1 else "")
     if any(not isinstance(s, int | np.integer) or isinstance(s, bool) for s in sizes):
         raise ConfigError(f"{shown}: mesh sizes must be integers.")
     if sizes.count(-1) > 1:
@@ -70,10 +76,11 @@ def make_mesh(
             )
         sizes[sizes.index(-1)] = n // known
     if math.prod(sizes) != n:
-        other = sizes[1] * sizes[2]
+        other = sizes[1] * sizes[2] * sizes[3]
         hint = f"mesh.data={n // other}" if n % other == 0 else "mesh.data=-1 with sizes that divide it"
+        ctx = f" x context={sizes[2]}" if sizes[2] != 1 else ""
         raise ConfigError(
-            f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = {math.prod(sizes)} devices, but "
+            f"mesh data={sizes[0]} x fsdp={sizes[1]}{ctx} x tensor={sizes[3]} = {math.prod(sizes)} devices, but "
             f"{n} devices are available: choose sizes whose product is {n} (e.g. {hint}, or set one size "
             f"to -1 to fill the rest)."
         )
@@ -84,8 +91,9 @@ def make_mesh(
 
 
 def mesh_shape(mesh: Mesh | None) -> dict[str, int]:
-    """``{"data": d, "fsdp": f, "tensor": t}`` (all 1 without a mesh)."""
-    return {a: (1 if mesh is None else int(mesh.shape[a])) for a in MESH_AXES}
+    """``{"data": d, "fsdp": f, "context": c, "tensor": t}`` (all 1 without a mesh; an axis the mesh lacks
+    counts 1)."""
+    return {a: (1 if mesh is None else int(dict(mesh.shape).get(a, 1))) for a in MESH_AXES}
 
 
 def _rules_dict(rules) -> dict:
@@ -130,8 +138,8 @@ def logical_to_pspec(
             continue
         targets = (target,) if isinstance(target, str) else tuple(target)
         targets = tuple(t for t in targets if t not in used)
-        if mesh is not None:
-            targets = tuple(t for t in targets if mesh.shape[t] > 1)
+        if mesh is not None:  # a mesh without an axis (a 3-axis mesh has no "context") counts it as size 1
+            targets = tuple(t for t in targets if dict(mesh.shape).get(t, 1) > 1)
         if shape is not None and mesh is not None and targets:
             size = math.prod(mesh.shape[t] for t in targets)
             if shape[i] % size:
@@ -198,7 +206,8 @@ def sharding_report(spec: Mapping, mesh: Mesh, rules=None) -> str:
             replicated_bytes += nbytes
         rows.append((path, str(p.shape), str(tuple(ps)), f"{nbytes / shards / 2**10:,.1f} KiB"))
     w = [max([len(r[i]) for r in rows] + [0]) for i in range(4)]
-    lines = [f"mesh {dict(mesh.shape)} ({mesh.size} devices)"]
+    shown = {a: n for a, n in mesh.shape.items() if a != "context" or n > 1}  # context only when used
+    lines = [f"mesh {shown} ({mesh.size} devices)"]
     lines += [f"{a:<{w[0]}}  {b:<{w[1]}}  {c:<{w[2]}}  {d:>{w[3]}}" for a, b, c, d in rows]
     frac = replicated_bytes / max(total, 1)
     lines.append(

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from jaxlm.nn import context as context_parallel
 from jaxlm.nn import flash, linear
 from jaxlm.nn import positions as pos_enc
 
@@ -295,10 +296,14 @@ def apply(
         alibi = pos_enc.alibi_bias(c.n_heads, positions, kp)
         bias = alibi if bias is None else bias + alibi
     rate = c.dropout if key is not None else 0.0
+    if kv is None and cache is None:  # mesh.context > 1: queries stay sharded by position, K/V gathered
+        q, k, v, mask = context_parallel.place(q, k, v, mask)
     out, w = dot_product_attention(
         q, k, v, mask=mask, bias=bias, impl=impl or c.impl, dropout_rate=rate, key=key,
         return_weights=return_weights, scale=c.scale, softcap=c.softcap,
     )
+    if kv is None and cache is None:
+        out = context_parallel.output(out)
     if return_weights:
         aux["weights"] = w
     y = linear.apply(p["o"], out, "BTHK,HKD->BTD", dt)

@@ -193,16 +193,19 @@ class DataConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class MeshConfig:
-    """Device mesh ``(data, fsdp, tensor)`` and the parallel mode (``jit`` with shardings, or ``pmap``)."""
+    """Device mesh ``(data, fsdp, tensor, context)`` and the parallel mode (``jit`` with shardings, or
+    ``pmap``). ``context`` shards the sequence dimension of activations (context parallelism for long
+    sequences, :mod:`jaxlm.nn.ring`); it must divide ``data.seq_len``."""
 
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
     parallel: str = "jit"
+    context: int = 1
 
     def __post_init__(self) -> None:
         C.check_choice("mesh.parallel", self.parallel, ("jit", "pmap"))
-        for f in ("data", "fsdp", "tensor"):
+        for f in ("data", "fsdp", "tensor", "context"):
             v = getattr(self, f)
             if not _integer(v) or (v != -1 and v < 1):
                 raise C.ConfigError(f"mesh.{f}={v!r} must be an integer >= 1 (or -1: use the remaining devices).")

@@ -102,11 +102,13 @@ class StepCache:
         return self._entries[key]
 
 
-def build(task: Task, run: C.RunConfig) -> Compiled:
-    """The optimizer, :class:`Parallel` and (not yet compiled) steps of ``run`` with ``task``."""
+def build(task: Task, run: C.RunConfig, *, devices=None) -> Compiled:
+    """The optimizer, :class:`Parallel` and (not yet compiled) steps of ``run`` with ``task``. ``devices``:
+    the mesh's devices (default all; :mod:`jaxlm.train.plan` passes a TPU slice's compile-only devices)."""
     cfg, t = run.model, run.train
     opt = make_optimizer(t, cfg)
-    par = Parallel(run.mesh, model_cfg=cfg, batch_size=t.batch_size // t.grad_accum)
+    par = Parallel(run.mesh, model_cfg=cfg, batch_size=t.batch_size // t.grad_accum, devices=devices,
+                   seq_len=run.data.seq_len)
     out = Compiled(optimizer=opt, par=par, eval_fn=make_eval_step(task, cfg),
                    step_fn=make_train_step(task, cfg, opt, grad_axis_name=par.grad_axis_name))
     if par.mode == "jit":  # par.init_state, but jitted once per configuration

@@ -14,7 +14,7 @@ from jaxlm.config import ConfigError
 
 
 def mesh(d, f, t):
-    return AbstractMesh((d, f, t), sharding.MESH_AXES)
+    return AbstractMesh((d, f, 1, t), sharding.MESH_AXES)  # context = 1
 
 
 def test_rules_map_logical_axes_onto_the_mesh():
@@ -63,7 +63,7 @@ def test_mesh_size_must_match_the_devices():
     with pytest.raises(ValueError, match="cannot fill"):
         sharding.make_mesh(-1, 1, n + 1)
     m = parallel.mesh_from_config({"data": -1})
-    assert dict(m.shape) == {"data": n, "fsdp": 1, "tensor": 1}
+    assert dict(m.shape) == {"data": n, "fsdp": 1, "context": 1, "tensor": 1}
     assert all(t == jax.sharding.AxisType.Auto for t in m.axis_types)
     with pytest.raises(ValueError, match="devices are available"):
         parallel.Parallel({"data": n, "fsdp": 2})
