@@ -166,6 +166,15 @@ class DataConfig:
     eval_fraction: float = 0.05
     max_examples: int | None = None  # read at most this many rows (quick runs)
     max_eval_examples: int | None = None
+    # hub datasets (path = a hub id such as "nyu-mll/glue"): its config ("sst2"), the training split, and the
+    # split evaluated on ("" = data.eval_path, else hold out data.eval_fraction of the training rows); all three
+    # apply to hub ids only: a local data.path has one split (evaluation then uses eval_path / eval_fraction)
+    hub_config: str = ""
+    split: str = "train"
+    eval_split: str = ""
+    local: str = ""  # a local mirror of hub datasets (folder per id; jaxlm.data.hub); "" = $JAXLM_DATA
+    # read the corpus as a datasets IterableDataset, tokenized and packed on the fly (causal_lm; jaxlm.data.stream)
+    streaming: bool = False
 
     def __post_init__(self) -> None:
         C.check_choice("data.format", self.format, ("auto", "text", "json", "csv", "tsv", "parquet", "hub"))
