@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("jaxlm.commands.eval", "evaluate a run directory (or a Hugging Face directory)"),
     "generate": ("jaxlm.commands.generate", "generate text from a run directory or Hugging Face directory"),
     "convert": ("jaxlm.commands.convert", "convert Hugging Face / GGUF checkpoints to and from jaxlm"),
+    "harness": ("jaxlm.commands.harness", "run lm-evaluation-harness tasks with jaxlm as the model backend"),
 }
 
 

@@ -208,8 +208,14 @@ def unigram_entropy(targets: np.ndarray, weights: np.ndarray | None = None) -> f
 def prepare(run, run_dir: str | Path | None = None) -> Prepared:
     """Build the run's data (see the module docstring). ``run`` is a resolved RunConfig."""
     dc, task, cfg = run.data, run.train.task, run.model
-    train_rows, eval_rows = _rows(dc, task)
     tok_file = Path(run_dir) / TOKENIZER_FILE if run_dir is not None else None
+    if getattr(dc, "streaming", False):  # read, tokenized and packed on the fly: jaxlm.data.stream
+        import jax
+
+        from jaxlm.data import stream
+
+        return stream.prepare(run, run_dir, tok_file, rank=jax.process_index(), world=jax.process_count())
+    train_rows, eval_rows = _rows(dc, task)
     if tok_file is not None and tok_file.is_file():
         tok = text.load_tokenizer(tok_file)
     else:

@@ -287,6 +287,21 @@ def _first_state(run: C.RunConfig, c: Compiled, ckpt: Checkpointer, say,
     return c.init_state(key, cfg), 0, None, None
 
 
+def _resume_stream(data, ckpt: Checkpointer, run_dir: Path, step: int) -> None:
+    """Move a data stream (``data.streaming``) to the position saved with checkpoint ``step``: the meta's
+    ``stream`` (one process) or this process's ``RUN_DIR/stream/<step>/<process>.json``."""
+    meta = getattr(ckpt, "restored_meta", None) or {}
+    state = meta.get("stream")
+    if jax.process_count() > 1:
+        f = run_dir / "stream" / str(step) / f"{jax.process_index()}.json"
+        state = json.loads(f.read_text()) if f.is_file() else None
+    if state is None or int(state.get("step", -1)) != step:
+        raise ConfigError(f"{run_dir}: checkpoint step {step} holds no data-stream position for this process "
+                          f"(saved without data.streaming, or with another number of processes); resume with "
+                          f"the settings it was saved with or choose a new --run-dir.")
+    data.load_state_dict(state)
+
+
 def _past_end(ckpt: Checkpointer, start: int, steps: int) -> ConfigError:
     return ConfigError(f"{ckpt.run_dir} is already trained to step {start}, past train.steps={steps}; nothing "
                        f"to do. Raise train.steps above {start} to train on, evaluate an earlier kept step "
@@ -341,6 +356,8 @@ def _setup(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False,
     except BaseException:
         ckpt.close()
         raise
+    if resumed_from is not None and hasattr(prep.train, "load_state_dict"):
+        _resume_stream(prep.train, ckpt, run_dir, resumed_from)
     if main:  # only now: a refused resume leaves the run directory's config.json as it was
         C.save(run, run_dir / "config.json")
 
