@@ -24,6 +24,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import lm_eval.models  # noqa: F401  (lm-eval's own backends, registered before ours so "hf" stays known)
 import numpy as np
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM

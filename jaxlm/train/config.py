@@ -44,6 +44,21 @@ def _finite(v: Any) -> bool:
 
 
 @dataclass(frozen=True, kw_only=True)
+class WandbConfig:
+    """Weights & Biases logging (the optional ``wandb`` extra): off while ``project`` is empty. The run's
+    W&B id is kept in ``RUN_DIR/wandb_id.txt`` so a resumed run continues the same W&B run. ``mode``:
+    "" (wandb's default / ``$WANDB_MODE``), "online", "offline" or "disabled"."""
+
+    project: str = ""
+    entity: str = ""
+    name: str = ""  # "" = the run directory's name
+    mode: str = ""
+
+    def __post_init__(self) -> None:
+        C.check_choice("train.wandb.mode", self.mode, ("", "online", "offline", "disabled"))
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Optimisation, loop cadence and checkpointing. ``steps`` counts optimizer updates; each update sees
     ``batch_size`` examples, split into ``grad_accum`` micro-batches."""
@@ -88,6 +103,7 @@ class TrainConfig:
     # grad_accum, optimizer, ...): True restores the params and step only and starts the optimizer state
     # (moments, schedule count) afresh; False refuses with the changed settings named
     reset_optimizer: bool = False
+    wandb: WandbConfig = field(default_factory=WandbConfig)  # train.wandb.project=NAME logs to W&B too
 
     def __post_init__(self) -> None:
         C.check_choice("train.task", self.task, TASKS)

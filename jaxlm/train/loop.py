@@ -34,6 +34,10 @@ def log_hooks(s: Setup) -> list[Hook]:
         hooks.append(MetricsFile(s.run_dir / METRICS_FILE))
         if t.tensorboard:
             hooks.append(TensorBoard(s.run_dir / "tb"))
+        if t.wandb.project:
+            from jaxlm.train.wandb_log import WandbLog
+
+            hooks.append(WandbLog(t.wandb))
     if t.progress and not s.quiet:
         hooks.append(ProgressBar())
     return hooks

@@ -43,7 +43,7 @@ from jaxlm.train.tasks import Task, make_task
 # differ only in these share compiled steps
 LOOP_ONLY = ("log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
              "best_metric", "best_mode", "async_checkpoint", "init_from", "init_step", "peak_flops",
-             "progress", "tensorboard", "plot", "reset_optimizer")
+             "progress", "tensorboard", "plot", "reset_optimizer", "wandb")
 
 
 @dataclass
