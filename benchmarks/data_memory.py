@@ -41,15 +41,19 @@ def make_corpus(path: Path, mb: float, seed: int = 0) -> None:
 
 
 def child(corpus: str, tok: str, streaming: bool, batches: int) -> None:
+    import jax  # noqa: F401  (both modes pay the same imports: the streaming path asks jax for the process index)
+
     from jaxlm.data import pipeline
     from jaxlm.train import config as C
 
     t0 = time.perf_counter()
-    run = C.resolve(C.RunConfig(model="gpt2-tiny",
+    from jaxlm.models import gpt2
+
+    run = C.resolve(C.RunConfig(model=gpt2.Config(vocab_size=64, max_len=256, d_model=32, n_heads=2, n_layers=1,
+                                                  d_ff=64),
                                 train=C.TrainConfig(batch_size=16, eval_batches=2),
                                 data=C.DataConfig(path=corpus, tokenizer=tok, seq_len=256, eval_fraction=0.0,
                                                   streaming=streaming)))
-    run = run.replace(model=run.model.replace(max_len=256))
     prep = pipeline.prepare(run, None)
     for s in range(batches):
         prep.train.batch(s, 16)
@@ -79,7 +83,9 @@ def main() -> None:
             for streaming in (False, True):
                 out = subprocess.run([sys.executable, __file__, "--child", str(corpus), str(Path(d) / "tok.json"),
                                       "1" if streaming else "0", str(a.batches)],
-                                     capture_output=True, text=True, check=True)
+                                     capture_output=True, text=True)
+                if out.returncode:
+                    raise SystemExit(out.stderr[-3000:])
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 rows.append((scale, size, "streaming" if streaming else "in memory", r["peak_rss_mib"],
                              r["seconds"]))
