@@ -11,27 +11,48 @@ import pytest
 wandb = pytest.importorskip("wandb")
 
 
+def _records(path: Path) -> list[bytes]:
+    """The protobuf records of a W&B transaction log (.wandb): a 7-byte ":W&B" header, then LevelDB's log
+    format (32 KiB blocks of records: crc32 (4), length (2), type (1: full, 2/3/4: first/middle/last))."""
+    import struct
+
+    data, pos, block, out, buf = path.read_bytes(), 7, 32768, [], b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        _, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        payload, pos = data[pos + 7:pos + 7 + n], pos + 7 + n
+        if kind == 1:
+            out.append(payload)
+        elif kind == 2:
+            buf = payload
+        elif kind == 3:
+            buf += payload
+        elif kind == 4:
+            out.append(buf + payload)
+    return out
+
+
 def _history(run_dir: Path) -> tuple[str, list[int], dict]:
-    """(run id, logged steps, config) read back from the offline .wandb file(s) of ``run_dir``."""
+    """(run id, logged train steps, config) read back from the offline .wandb file(s) of ``run_dir``."""
     from wandb.proto import wandb_internal_pb2
-    from wandb.sdk.internal import datastore
 
     steps, config, ids = [], {}, set()
     for f in sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb")):
         ids.add(f.stem.removeprefix("run-"))
-        ds = datastore.DataStore()
-        ds.open_for_scan(str(f))
-        while (rec := ds.scan_record()) is not None:
+        for rec in _records(f):
             pb = wandb_internal_pb2.Record()
-            pb.ParseFromString(rec[1])
+            pb.ParseFromString(rec)
             kind = pb.WhichOneof("record_type")
             if kind == "history":
                 items = {i.key or "/".join(i.nested_key): i.value_json for i in pb.history.item}
                 if "loss" in items:
                     steps.append(int(json.loads(items["_step"])))
-            elif kind == "config":
-                for i in pb.config.update:
-                    config[i.key] = json.loads(i.value_json)
+            elif kind in ("config", "run"):
+                upd = pb.config.update if kind == "config" else pb.run.config.update
+                for i in upd:
+                    config[i.key or "/".join(i.nested_key)] = json.loads(i.value_json)
     assert len(ids) == 1, ids
     return ids.pop(), steps, config
 
