@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo lint bench clean
+.PHONY: install test test-fast demo lint bench clean notebooks
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -35,6 +35,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/generate.py
+
+# the paired .ipynb of every jupytext notebook (outputs stripped; tests/test_notebooks_paired.py checks them)
+notebooks: $(STAMP)
+	$(VENV)/bin/jupytext --quiet --to ipynb notebooks/[0-9][0-9]_*.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

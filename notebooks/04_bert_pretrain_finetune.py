@@ -12,6 +12,20 @@
 # ---
 
 # %% [markdown]
+# Outside this repository (Colab, a fresh Jupyter): the next cell installs jaxlm (set `JAXLM_PIP` to the
+# repository's git URL or a wheel built with `python -m build`). Data comes from the Hugging Face hub; an
+# offline machine sets `JAXLM_DATA=<folder>` to a local mirror (see `jaxlm/data/hub.py`).
+
+# %%
+import importlib.util
+import os
+import subprocess
+import sys
+
+if importlib.util.find_spec("jaxlm") is None:  # not in the repository's environment: install it
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", os.environ.get("JAXLM_PIP", "jaxlm")])
+
+# %% [markdown]
 # # 04 — BERT: masked-LM pre-training, sentiment fine-tuning, and real sentence embeddings
 #
 # BERT (Devlin et al., 2019) is a Transformer *encoder* pre-trained by filling in masked words, then
@@ -44,9 +58,8 @@ from jaxlm.train.loop import train
 
 QUICK = os.environ.get("JAXLM_QUICK") == "1"
 ROOT = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
-DATA = Path(os.environ.get("JAXLM_DATA", ROOT.parent / "shared" / "data"))
 RUNS = Path(os.environ.get("JAXLM_RUNS", tempfile.mkdtemp(prefix="jaxlm_nb04_")))
-print("quick mode:", QUICK, "| data:", DATA, "| runs:", RUNS)
+print("quick mode:", QUICK, "| data mirror:", os.environ.get("JAXLM_DATA", "none (the hub)"), "| runs:", RUNS)
 
 # %% [markdown]
 # ## 1. Data: SST-2
@@ -56,11 +69,10 @@ print("quick mode:", QUICK, "| data:", DATA, "| runs:", RUNS)
 # (<https://gluebenchmark.com/tasks>), or the hub dataset `glue` / `sst2` (columns `sentence`, `label`).
 
 # %%
-sst = DATA / "sst2"
-if not (sst / "train.tsv").is_file():
-    raise FileNotFoundError(f"{sst}/train.tsv is missing: download GLUE SST-2 (train.tsv, dev.tsv) into "
-                            "<folder>/sst2/ and set JAXLM_DATA=<folder>.")
-print((sst / "dev.tsv").read_text().splitlines()[:4])
+from jaxlm.data import text  # noqa: E402
+
+SST2 = {"path": "nyu-mll/glue", "hub_config": "sst2"}  # sentence, label (0 neg / 1 pos), idx
+print(text.load(SST2["path"], config=SST2["hub_config"], split="validation")[:4])
 
 if QUICK:
     model = bert.Config(vocab_size=1000, max_len=64, d_model=64, n_heads=4, n_layers=2, d_ff=256, num_labels=2)
@@ -77,8 +89,7 @@ def run_config(task, steps, lr, init_from=""):
                             warmup_steps=max(steps // 15, 1), weight_decay=0.01, eval_every=steps // 2,
                             eval_batches=8 if QUICK else 14, checkpoint_every=0, log_every=10, progress=False,
                             tensorboard=False, plot=False, init_from=init_from),
-        data=C.DataConfig(path=str(sst / "train.tsv"), eval_path=str(sst / "dev.tsv"), format="tsv",
-                          text_column="sentence", label_column="label", tokenizer="bpe", vocab_size=vocab,
+        data=C.DataConfig(**SST2, eval_split="validation", text_column="sentence", label_column="label", tokenizer="bpe", vocab_size=vocab,
                           seq_len=64, max_examples=n_train, max_eval_examples=256 if QUICK else None),
     )
 

@@ -12,6 +12,20 @@
 # ---
 
 # %% [markdown]
+# Outside this repository (Colab, a fresh Jupyter): the next cell installs jaxlm (set `JAXLM_PIP` to the
+# repository's git URL or a wheel built with `python -m build`). Data comes from the Hugging Face hub; an
+# offline machine sets `JAXLM_DATA=<folder>` to a local mirror (see `jaxlm/data/hub.py`).
+
+# %%
+import importlib.util
+import os
+import subprocess
+import sys
+
+if importlib.util.find_spec("jaxlm") is None:  # not in the repository's environment: install it
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", os.environ.get("JAXLM_PIP", "jaxlm")])
+
+# %% [markdown]
 # # 05 — Composing models functionally
 #
 # In jaxlm a model is **data plus pure functions**: a config (a frozen dataclass), a parameter tree (nested
@@ -57,21 +71,15 @@ print("jax", jax.__version__, "| quick mode:", QUICK, "| steps per variant:", ST
 # %% [markdown]
 # ## Data: Tiny Shakespeare as bytes
 #
-# Every variant reads the same byte-level text (vocabulary 256, no tokenizer to train). The file is in
-# `../shared/data` in the project checkout; elsewhere download it from
-# <https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt> and set
-# `JAXLM_DATA` to the folder that holds `tinyshakespeare/input.txt`.
+# Every variant reads the same byte-level text (vocabulary 256, no tokenizer to train): the hub dataset
+# `karpathy/tiny_shakespeare` (its three splits together are char-rnn's input.txt).
 
 # %%
 ROOT = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
-DATA = Path(os.environ.get("JAXLM_DATA", ROOT.parent / "shared" / "data"))
-shakespeare = DATA / "tinyshakespeare" / "input.txt"
-if not shakespeare.is_file():
-    raise FileNotFoundError(
-        f"{shakespeare} not found. Download Tiny Shakespeare from "
-        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt "
-        "into <folder>/tinyshakespeare/input.txt and set JAXLM_DATA=<folder>.")
-data = np.frombuffer(shakespeare.read_bytes(), dtype=np.uint8).astype(np.int32)
+from jaxlm.data import text  # noqa: E402
+
+whole = "".join(text.load("karpathy/tiny_shakespeare", split=s)["text"][0] for s in ("train", "validation", "test"))
+data = np.frombuffer(whole.encode("utf-8"), dtype=np.uint8).astype(np.int32)
 split = int(0.9 * len(data))
 train_data, val_data = data[:split], data[split:]
 print(f"{len(data):,} bytes: {len(train_data):,} train / {len(val_data):,} validation")
@@ -346,12 +354,11 @@ def lora_loss(lora, frozen, inputs, targets, cfg):
 
 # %%
 pretrained, _ = train(llama_like, STEPS)
-captions_file = DATA / "multi30k" / "train.en"
-if captions_file.is_file():
-    captions = np.frombuffer(captions_file.read_bytes(), np.uint8).astype(np.int32)
-else:  # without the data folder: adapt to a different register of text, this notebook's own source
-    print(f"{captions_file} not found (Multi30k: https://github.com/multi30k/dataset); using this notebook's "
-          "markdown as the new domain instead.")
+try:
+    captions_text = "\n".join(text.load("bentrevett/multi30k")["en"]) + "\n"
+    captions = np.frombuffer(captions_text.encode("utf-8"), np.uint8).astype(np.int32)
+except ValueError as e:  # offline without a mirror: adapt to a different register, this notebook's own source
+    print(f"Multi30k unavailable ({e}); using this notebook's markdown as the new domain instead.")
     captions = np.frombuffer(Path(__file__ if "__file__" in globals() else "05_composing_models.py")
                              .read_bytes(), np.uint8).astype(np.int32)
 cap_split = int(0.9 * len(captions))

@@ -1,4 +1,6 @@
-"""Shared fixtures. Tests run on CPU in float32; data tests read ../shared/data and skip without it."""
+"""Shared fixtures. Tests run on CPU in float32 and never touch the network (the hub is set offline). The
+offline mirror of the hub datasets (the folder ``shared/data`` beside the repository, in CI) is made the
+``JAXLM_DATA`` mirror when it exists, so experiments that name hub ids read it; data tests skip without it."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+if SHARED_DATA.is_dir():
+    os.environ.setdefault("JAXLM_DATA", str(SHARED_DATA))  # jaxlm.data.hub reads hub ids from this mirror
 
 
 @pytest.fixture(scope="session")

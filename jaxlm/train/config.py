@@ -47,6 +47,21 @@ def _finite(v: Any) -> bool:
 
 
 @dataclass(frozen=True, kw_only=True)
+class WandbConfig:
+    """Weights & Biases logging (the optional ``wandb`` extra): off while ``project`` is empty. The run's
+    W&B id is kept in ``RUN_DIR/wandb_id.txt`` so a resumed run continues the same W&B run. ``mode``:
+    "" (wandb's default / ``$WANDB_MODE``), "online", "offline" or "disabled"."""
+
+    project: str = ""
+    entity: str = ""
+    name: str = ""  # "" = the run directory's name
+    mode: str = ""
+
+    def __post_init__(self) -> None:
+        C.check_choice("train.wandb.mode", self.mode, ("", "online", "offline", "disabled"))
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Optimisation, loop cadence and checkpointing. ``steps`` counts optimizer updates; each update sees
     ``batch_size`` examples, split into ``grad_accum`` micro-batches."""
@@ -92,6 +107,7 @@ class TrainConfig:
     # grad_accum, optimizer, ...): True restores the params and step only and starts the optimizer state
     # (moments, schedule count) afresh; False refuses with the changed settings named
     reset_optimizer: bool = False
+    wandb: WandbConfig = field(default_factory=WandbConfig)  # train.wandb.project=NAME logs to W&B too
 
     def __post_init__(self) -> None:
         C.check_choice("train.task", self.task, TASKS)
@@ -177,6 +193,15 @@ class DataConfig:
     eval_fraction: float = 0.05
     max_examples: int | None = None  # read at most this many rows (quick runs)
     max_eval_examples: int | None = None
+    # hub datasets (path = a hub id such as "nyu-mll/glue"): its config ("sst2"), the training split, and the
+    # split evaluated on ("" = data.eval_path, else hold out data.eval_fraction of the training rows); all three
+    # apply to hub ids only: a local data.path has one split (evaluation then uses eval_path / eval_fraction)
+    hub_config: str = ""
+    split: str = "train"
+    eval_split: str = ""
+    local: str = ""  # a local mirror of hub datasets (folder per id; jaxlm.data.hub); "" = $JAXLM_DATA
+    # read the corpus as a datasets IterableDataset, tokenized and packed on the fly (causal_lm; jaxlm.data.stream)
+    streaming: bool = False
 
     def __post_init__(self) -> None:
         C.check_choice("data.format", self.format, ("auto", "text", "json", "csv", "tsv", "parquet", "hub"))

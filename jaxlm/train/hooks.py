@@ -199,6 +199,25 @@ def evaluate(eval_fn, params: dict, data: ArrayData, batch_size: int, max_batche
             "eval_accuracy": tot.get("correct_sum", 0.0) / w, "eval_tokens": tot.get("weight_sum", 0.0)}
 
 
+STREAM_DIR = "stream"  # RUN_DIR/stream/<step>/<process>.json: each process's stream position (multi-process)
+
+
+def save_stream_state(s: Setup, step: int) -> dict:
+    """The stream position of this process after ``step`` batches. A multi-process run's processes read
+    different parts of the stream: each also writes its own to ``RUN_DIR/stream/<step>/<process>.json``
+    (the checkpoint's meta is written by process 0 only)."""
+    state = s.prep.train.state_dict()
+    if jax.process_count() > 1:
+        import json
+
+        from jaxlm.fileio import write_text_atomic
+
+        d = s.run_dir / STREAM_DIR / str(step)
+        d.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(d / f"{jax.process_index()}.json", json.dumps(state))
+    return state
+
+
 def _fmt(metrics: dict) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
@@ -299,6 +318,8 @@ class Checkpointing(Hook):
         meta = {"data_position": {"step": step, "seed": t.seed, "batch_size": t.batch_size,
                                   "epoch": s.prep.train.position(step, t.batch_size)[0]},
                 "loss": loop.last.get("loss"), **loop.eval}
+        if hasattr(s.prep.train, "state_dict"):  # a data stream: its position (jaxlm.data.stream)
+            meta["stream"] = save_stream_state(s, step)
         if s.ckpt.save(step, loop.plain(), meta, loop.eval):
             loop.last_checkpoint = step
 

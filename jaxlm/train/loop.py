@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
+
 from jaxlm.train import config as C
 from jaxlm.train.hooks import Checkpointing, Evaluation, Hook, Loop, TrainingError, evaluate
 from jaxlm.train.logs import METRICS_FILE, MetricsFile, ProgressBar, TensorBoard, plot_losses
@@ -32,6 +34,10 @@ def log_hooks(s: Setup) -> list[Hook]:
         hooks.append(MetricsFile(s.run_dir / METRICS_FILE))
         if t.tensorboard:
             hooks.append(TensorBoard(s.run_dir / "tb"))
+        if t.wandb.project:
+            from jaxlm.train.wandb_log import WandbLog
+
+            hooks.append(WandbLog(t.wandb))
     if t.progress and not s.quiet:
         hooks.append(ProgressBar())
     return hooks
@@ -44,10 +50,13 @@ def update(loop: Loop) -> None:
     step_fn = s.compiled.train_step(loop.state)
     micro = t.batch_size // t.grad_accum
     batch = s.prep.train.batch(loop.step, t.batch_size)
+    # a data stream hands each process only its own rows (jaxlm.data.stream); arrays hold the global batch
+    local = getattr(s.prep.train, "local_rows", False)
+    rows = micro // jax.process_count() if local else micro
     metrics = []
     for j in range(t.grad_accum):
-        mb = {k: v[j * micro:(j + 1) * micro] for k, v in batch.items()}
-        loop.state, m = step_fn(loop.state, s.par.place_batch(mb))
+        mb = {k: v[j * rows:(j + 1) * rows] for k, v in batch.items()}
+        loop.state, m = step_fn(loop.state, s.par.place_batch(mb, global_rows=micro if local else None))
         metrics.append(m)
     loop.step += 1
     loop.eval = {}

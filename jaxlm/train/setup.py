@@ -43,7 +43,7 @@ from jaxlm.train.tasks import Task, make_task
 # differ only in these share compiled steps
 LOOP_ONLY = ("log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
              "best_metric", "best_mode", "async_checkpoint", "init_from", "init_step", "peak_flops",
-             "progress", "tensorboard", "plot", "reset_optimizer")
+             "progress", "tensorboard", "plot", "reset_optimizer", "wandb")
 
 
 @dataclass
@@ -307,6 +307,19 @@ def _with_reference(run: C.RunConfig, prep, c: Compiled, state, say):
     train = ArrayData(dpo.precompute_reference(ref, prep.train.arrays, cfg), t.seed)
     ev = None if prep.eval is None else ArrayData(dpo.precompute_reference(ref, prep.eval.arrays, cfg), t.seed)
     return dataclasses.replace(prep, train=train, eval=ev)
+def _resume_stream(data, ckpt: Checkpointer, run_dir: Path, step: int) -> None:
+    """Move a data stream (``data.streaming``) to the position saved with checkpoint ``step``: the meta's
+    ``stream`` (one process) or this process's ``RUN_DIR/stream/<step>/<process>.json``."""
+    meta = getattr(ckpt, "restored_meta", None) or {}
+    state = meta.get("stream")
+    if jax.process_count() > 1:
+        f = run_dir / "stream" / str(step) / f"{jax.process_index()}.json"
+        state = json.loads(f.read_text()) if f.is_file() else None
+    if state is None or int(state.get("step", -1)) != step:
+        raise ConfigError(f"{run_dir}: checkpoint step {step} holds no data-stream position for this process "
+                          f"(saved without data.streaming, or with another number of processes); resume with "
+                          f"the settings it was saved with or choose a new --run-dir.")
+    data.load_state_dict(state)
 
 
 def _past_end(ckpt: Checkpointer, start: int, steps: int) -> ConfigError:
@@ -365,6 +378,8 @@ def _setup(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False,
         raise
     if t.task == "dpo":  # the frozen reference is the model the run starts from; its log-probs once, up front
         prep = _with_reference(run, prep, c, state if resumed_from is None else None, say)
+    if resumed_from is not None and hasattr(prep.train, "load_state_dict"):
+        _resume_stream(prep.train, ckpt, run_dir, resumed_from)
     if main:  # only now: a refused resume leaves the run directory's config.json as it was
         C.save(run, run_dir / "config.json")
 
