@@ -317,7 +317,7 @@ class Plan:
     def summary(self) -> str:
         """The human-readable report ``jaxlm plan`` prints."""
         r, t = self.run, self.topology
-        g = lambda b: f"{b / GiB:8.2f} GiB"  # noqa: E731
+        g = lambda b: f"{b / GiB:8.2f} GiB" if b >= GiB / 10 or b == 0 else f"{b / 2**20:8.2f} MiB"  # noqa: E731
         chip = t.chip
         cap_src = f"{chip.name}, {chip.source}" if chip else "host memory / devices"
         lines = [
@@ -343,7 +343,7 @@ class Plan:
             f"FLOPs per step (model, 6N + 12LTD per token): {self.flops_per_step:.3e}; with remat recompute "
             f"{self.hardware_flops_per_step:.3e}",
             f"ESTIMATE, not a measurement: at an assumed {self.utilisation:.0%} hardware-FLOPs utilisation of "
-            f"{t.peak_flops / 1e12:.0f} TFLOP/s per chip: {self.step_seconds * 1e3:,.1f} ms per step, "
+            f"{t.peak_flops / 1e12:.3g} TFLOP/s per chip: {self.step_seconds * 1e3:,.1f} ms per step, "
             f"{self.tokens_per_second:,.0f} tokens/s ({self.tokens_per_second / t.chips:,.0f} per chip), "
             f"MFU {self.mfu:.0%}",
         ]
