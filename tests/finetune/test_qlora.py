@@ -37,9 +37,10 @@ def test_lora_trains_over_a_quantized_base(mode, group):
     tok = jax.random.randint(jax.random.key(5), (4, 16), 0, cfg.vocab_size)
     batch = {"inputs": tok[:, :-1], "targets": tok[:, 1:], "weights": jnp.ones((4, 15))}
     f = jax.jit(lambda b, a: fam.apply(lora.combine(b, a, lc), batch["inputs"], cfg))
-    # B = 0: exactly the quantized model's logits
-    np.testing.assert_array_equal(np.asarray(f(qbase, adapters)), np.asarray(jax.jit(
-        lambda b: fam.apply(b, batch["inputs"], cfg))(qbase)))
+    # B = 0: the quantized model's logits (to float rounding: XLA fuses the dequantising einsum differently
+    # once the adapter's zero term follows it, measured ~1e-7)
+    np.testing.assert_allclose(np.asarray(f(qbase, adapters)), np.asarray(jax.jit(
+        lambda b: fam.apply(b, batch["inputs"], cfg))(qbase)), atol=1e-5, rtol=1e-5)
     opt = optax.adam(1e-2)
     opt_state = opt.init(adapters)
     step = jax.jit(lora.make_train_step(make_task("causal_lm"), cfg, lc, opt))
