@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jaxlm.data.text import DataError
+from jaxlm.data.errors import DataError
 
 MIRROR_ENV = "JAXLM_DATA"
 SETTING = f"{MIRROR_ENV}=DIR (or data.local=DIR)"
@@ -187,9 +187,10 @@ def _from_mirror(name: str, config: str, split: str, local: str, folder: Path, w
     if m is not None:
         return datasets.Dataset.from_dict(m.read(folder, split))
     files = [str(f) for f in _generic_files(folder, split)]
-    from jaxlm.data import text
-
-    return text.load(",".join(files), what=what)
+    builder = {".jsonl": "json", ".json": "json", ".txt": "text", ".tsv": "csv"}.get(Path(files[0]).suffix,
+                                                                                 Path(files[0]).suffix[1:])
+    kwargs = {"sep": "\t"} if files[0].endswith(".tsv") else {}
+    return datasets.load_dataset(builder, data_files=files, split="train", **kwargs)
 
 
 def mirror_splits_at(folder: Path) -> list[str]:

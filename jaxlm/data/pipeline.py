@@ -241,7 +241,7 @@ def prepare(run, run_dir: str | Path | None = None) -> Prepared:
 
         from jaxlm.data import stream
 
-        return stream.prepare(run, run_dir, tok_file, rank=jax.process_index(), world=jax.process_count())
+        return Prepared(*stream.prepare(run, run_dir, tok_file, rank=jax.process_index(), world=jax.process_count()))
     train_rows, eval_rows = _rows(dc, task)
     if tok_file is not None and tok_file.is_file():
         tok = text.load_tokenizer(tok_file)

@@ -201,10 +201,9 @@ def open_dataset(dc, path: str, split: str, rank: int, world: int):
 
 
 def prepare(run, run_dir, tok_file, rank: int = 0, world: int = 1):
-    """The :class:`jaxlm.data.pipeline.Prepared` of a streaming run (causal_lm): train = :class:`StreamData`,
-    eval = the first ``eval_batches * batch_size`` blocks of the eval stream, in memory."""
-    from jaxlm.data import pipeline
-
+    """(train, eval, tokenizer, special ids, info) of a streaming run (causal_lm), the parts of a
+    :class:`jaxlm.data.pipeline.Prepared`: train = :class:`StreamData`, eval = the first
+    ``eval_batches * batch_size`` blocks of the eval stream, in memory."""
     dc, t = run.data, run.train
     if t.task not in STREAM_TASKS:
         raise DataError(f"data.streaming=true packs documents for {STREAM_TASKS}; train.task={t.task!r} reads "
@@ -218,7 +217,7 @@ def prepare(run, run_dir, tok_file, rank: int = 0, world: int = 1):
         write_atomic(tok_file, lambda p: tok.save(str(p)))
     text.check_vocab(tok, run.model.vocab_size)
     sp = text.special_ids(tok)
-    hub = pipeline.is_hub(dc)
+    hub = dc.format == "hub" or (dc.format == "auto" and text.looks_like_hub_name(dc.path))
     separate = bool(dc.eval_path) or (hub and bool(dc.eval_split))
     frac = 0.0 if separate else dc.eval_fraction
     max_docs = dc.max_examples
@@ -242,7 +241,7 @@ def prepare(run, run_dir, tok_file, rank: int = 0, world: int = 1):
         except DataError as e:
             info["eval_skipped"] = str(e)
     info["eval_examples"] = 0 if eval_data is None else len(eval_data)
-    return pipeline.Prepared(train, eval_data, tok, sp, info)
+    return train, eval_data, tok, sp, info
 
 
 def _first_epoch(s: StreamData, n: int) -> dict[str, np.ndarray]:

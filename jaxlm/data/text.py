@@ -18,14 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from jaxlm.data.errors import DataError  # re-exported: jaxlm.data.text.DataError
+
 SPECIALS: tuple[str, ...] = ("<pad>", "<bos>", "<eos>", "<unk>", "<mask>")
 FORMATS = ("auto", "text", "json", "csv", "tsv", "parquet", "hub")
 _SUFFIX = {".txt": "text", ".py": "text", ".md": "text", ".de": "text", ".en": "text", ".fr": "text",
            ".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
-
-
-class DataError(ValueError):
-    """Bad data input (missing/empty file, missing column, vocabulary mismatch); the message names the fix."""
 
 
 # ---------------------------------------------------------------------------------------------------------

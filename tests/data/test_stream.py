@@ -118,11 +118,11 @@ def test_streaming_eval_holds_out_documents_by_hash(corpus, tmp_path):
     path, tok_file, docs = corpus
     run = C.RunConfig(model="gpt2-tiny", train=C.TrainConfig(batch_size=4, eval_batches=2),
                       data=_dc(path, tokenizer=str(tok_file), seq_len=16, eval_fraction=0.2))
-    prep = stream.prepare(run, tmp_path, tmp_path / "tokenizer.json")
-    assert (tmp_path / "tokenizer.json").is_file() and prep.eval is not None and len(prep.eval) == 8
+    train_data, eval_data, *_ = stream.prepare(run, tmp_path, tmp_path / "tokenizer.json")
+    assert (tmp_path / "tokenizer.json").is_file() and eval_data is not None and len(eval_data) == 8
     held = {d for d in docs if stream.held_out(d, 0.2)}
     assert 0 < len(held) < len(docs)
-    assert all(prep.train.keep(d) != (d in held) for d in docs)
+    assert all(train_data.keep(d) != (d in held) for d in docs)
 
 
 STREAM_EXPERIMENT = '''

@@ -111,6 +111,7 @@ def test_rolling_and_generate_run_batched_with_padding(tiny_gpt2):
     assert len(gen) == 2 and all(isinstance(g, str) and "." not in g for g in gen)
 
 
+@pytest.mark.slow
 def test_unknown_task_says_how_to_list_tasks(tiny_gpt2, task_dir):
     from jaxlm.commands import harness
     from jaxlm.interop import lm_eval as backend
