@@ -11,7 +11,7 @@ Perplexity: the validation text's first ``--tokens`` tokens (the last 10% of inp
 usual validation split) in windows of ``--window`` tokens, teacher-forced. Top-1 agreement: the share of
 those positions (and of 8 fixed chat prompts' positions) where the quantized model's argmax equals float32's.
 
-    python benchmarks/quant_quality.py --data ../shared/data/tinyshakespeare/input.txt [--tokens 2048]
+    python benchmarks/quant_quality.py --data PATH/TO/tinyshakespeare/input.txt [--tokens 2048]
 
 Writes a table to benchmarks/RESULTS.md under "## Weight-only quantization: quality".
 """

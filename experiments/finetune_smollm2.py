@@ -4,7 +4,8 @@ fine-tuning on SQuAD as chat, and DPO toward positive movie reviews (SST-2 pairs
     python experiments/finetune_smollm2.py sft  [--quick] [--mode lora|full|both] [--epochs 1]
     python experiments/finetune_smollm2.py dpo  [--quick]
 
-``sft``: the 500 answerable SQuAD v2 questions of ``../shared/data/squad_v2_subset`` (every 10th, 50, held out
+``sft``: the first 500 answerable questions of the hub dataset ``rajpurkar/squad_v2`` (or its
+local mirror with ``JAXLM_DATA=DIR``) (every 10th, 50, held out
 as in experiments/qa_squad.py) rendered with the model's own chat template (user: passage + question,
 assistant: the answer) by :mod:`jaxlm.finetune.sft`, loss on the answer tokens only; exact match / F1
 (SQuAD normalisation, :func:`jaxlm.evaluation.squad_scores`) of greedy answers on the held-out 50, before
@@ -41,7 +42,6 @@ from jaxlm.generate import generate
 from jaxlm.train.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 LORA = lora.LoRAConfig(targets=("layers/attn/(q|k|v|o)", "layers/mlp/.*"), rank=8, alpha=16.0, dropout=0.05)
 
 
@@ -53,7 +53,11 @@ def load_model():
 
 
 def squad(quick: bool):
-    rows = [json.loads(line) for line in (DATA / "squad_v2_subset" / "train.jsonl").read_text().splitlines() if line]
+    from jaxlm.data import text
+
+    ds = text.load("rajpurkar/squad_v2", split="train")
+    rows = [{"passage": c, "query": q, "answer": a["text"][0]}
+            for c, q, a in zip(ds["context"], ds["question"], ds["answers"]) if a["text"]][:500]
     train = [r for i, r in enumerate(rows) if i % 10 != 9]
     test = [r for i, r in enumerate(rows) if i % 10 == 9]
     return (train[:16], test[:8]) if quick else (train, test)
@@ -137,8 +141,10 @@ def run_sft(args) -> dict:
 
 
 def sst2_pairs(tok, quick: bool):
-    lines = (DATA / "sst2" / "train.tsv").read_text().splitlines()[1:]
-    rows = [(s, int(lab)) for s, lab in (line.rsplit("\t", 1) for line in lines) if len(s.split()) >= 8]
+    from jaxlm.data import text
+
+    ds = text.load("nyu-mll/glue", config="sst2", split="train")
+    rows = [(s, int(lab)) for s, lab in zip(ds["sentence"], ds["label"]) if len(s.split()) >= 8]
     rng = np.random.default_rng(0)
     pos = [s for s, lab in rows if lab == 1]
     neg = [s for s, lab in rows if lab == 0]

@@ -25,7 +25,7 @@ from pathlib import Path
 from jaxlm.models import t5, transformer
 from jaxlm.train.config import DataConfig, RunConfig, TrainConfig
 
-DATA = "../shared/data/multi30k"
+DATA = "bentrevett/multi30k"  # JAXLM_DATA=DIR reads a local mirror instead (jaxlm/data/hub.py)
 TOKENIZER = "runs/t5sc/tokenizer.json"
 D, HEADS, LAYERS, FF = 128, 4, 2, 512
 
@@ -36,9 +36,8 @@ def _tokenizer() -> str:
     if not path.is_file():
         from jaxlm.data import text
 
-        lines = []
-        for f in ("train.de", "train.en"):
-            lines += Path(DATA, f).read_text(encoding="utf-8").splitlines()
+        train = text.load(DATA, split="train")
+        lines = list(train["de"]) + list(train["en"])
         path.parent.mkdir(parents=True, exist_ok=True)
         text.bpe_tokenizer(lines, 4000).save(str(path))
     return str(path)
@@ -56,8 +55,8 @@ def _translate_train() -> TrainConfig:
 
 
 def _translate_data() -> DataConfig:
-    return DataConfig(path=f"{DATA}/train.de", target_path=f"{DATA}/train.en", eval_path=f"{DATA}/val.de",
-                      eval_target_path=f"{DATA}/val.en", tokenizer=_tokenizer(), seq_len=32, target_len=32)
+    return DataConfig(path=DATA, source_column="de", target_column="en", eval_split="validation",
+                      tokenizer=_tokenizer(), seq_len=32, target_len=32)
 
 
 def config() -> RunConfig:
