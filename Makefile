@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast demo lint bench clean notebooks
+.PHONY: install test test-slow test-all test-fast demo lint bench clean notebooks
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,11 +19,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# `make test` (CI) runs every test not marked slow; the slow ones (multi-device, notebooks, real weights,
+# subprocess kill/resume, lm-eval, W&B, packaging: each minutes on 2 cores) run in `make test-slow`.
 test: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m "not slow" --durations=15
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m slow --durations=15
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q -n 2 --durations=15
 
-test-fast: $(STAMP)
-	$(PY) -m pytest -q -n 2 -m "not slow"
+test-fast: test
 
 demo: $(STAMP)
 	$(VENV)/bin/jaxlm models
