@@ -96,6 +96,23 @@ FAMILY_BAD = [
     ("transformer-tiny", "model.bos_id=-1", "transformer.Config.bos_id=-1 must be in [0, vocab_size=512): an integer"),
     ("transformer-tiny", "model.eos_id=512", "transformer.Config.eos_id=512 must be in [0, vocab_size="),
     ("transformer-tiny", "model.n_dec_layers=0", "transformer.Config.n_dec_layers=0 must be positive"),
+    ("llama-tiny", "mesh.context=0", "mesh.context=0 must be an integer >= 1"),
+    ("llama-tiny", "train.dpo_beta=0", "train.dpo_beta=0.0 must be a finite number > 0"),
+    ("gemma-tiny", "model.attn_scale=0", "gemma.Config.attn_scale=0.0 must be positive and finite, or None"),
+    ("gemma2-tiny", "model.attn_softcap=0", "gemma2.Config.attn_softcap=0.0 must be positive and finite"),
+    ("gemma2-tiny", "model.final_logit_softcap=-1", "gemma2.Config.final_logit_softcap=-1.0 must be a positive"),
+    ("mixtral-tiny", "model.aux_loss_weight=-1", "aux_loss_weight=-1.0 must be a finite number >= 0"),
+    ("mixtral-tiny", "model.capacity_factor=0", "capacity_factor=0.0 must be a finite number > 0"),
+    ("mixtral-tiny", "model.n_experts=0", "n_experts=0 must be a positive integer"),
+    ("mixtral-tiny", "model.top_k=9", "top_k=9 must be an integer in [1, n_experts=8]"),
+    ("mixtral-tiny", "model.router_z_loss_weight=-1", "router_z_loss_weight=-1.0 must be a finite number >= 0"),
+    ("t5-tiny", "model.rel_buckets=0", "rel_buckets=0 must be a positive integer"),
+    ("t5-tiny", "model.rel_max_distance=2", "rel_max_distance=2 must be an integer >= rel_buckets=8"),
+    ("llama3.1-tiny", "model.rope_factor=0", "llama.Config.rope_factor=0.0 must be positive and finite"),
+    ("llama3.1-tiny", "model.rope_high_freq_factor=0", "rope_high_freq_factor=0.0 must be positive and finite"),
+    ("llama3.1-tiny", "model.rope_low_freq_factor=0", "rope_low_freq_factor=0.0 must be positive and finite"),
+    ("llama3.1-tiny", "model.rope_original_max_len=0", "rope_original_max_len=0 must be positive"),
+    ("mistral-tiny", "model.sliding_window=0", "mistral.Config.sliding_window=0 must be an integer in [1, max_len="),
 ]
 
 
