@@ -46,7 +46,7 @@ def train_args(experiment: Path, run_dir: Path, *overrides: str) -> list[str]:
 
 # -- bad settings and inputs ---------------------------------------------------------------------------
 @pytest.mark.parametrize("overrides, message", [
-    (["model.preset=gpt9"], "unknown preset 'gpt9'; known: ["),
+    (["model.preset=xyzzy"], "unknown preset 'xyzzy'; known: ["),
     (["train.stepz=3"], "unknown config key 'train.stepz' (did you mean 'steps'?)"),
     (["train.steps=abc"], "train.steps='abc': expected an integer."),
     (["train.seed=-1"], ""),  # which message is the validation's business; here: one line, exit 2
