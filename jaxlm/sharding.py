@@ -264,7 +264,25 @@ def current_mesh() -> Mesh | None:
     return None if ctx is None else ctx[0]
 
 
+def axis_size(logical: str) -> int:
+    """How many ways the logical axis ``logical`` is split on the mesh in use (1 outside :func:`use_mesh`):
+    the product of the mesh axes the rules map it to. Lets model code ask "is the sequence sharded, and how
+    many ways" without naming a mesh axis."""
+    ctx = _CONTEXT.get()
+    if ctx is None:
+        return 1
+    mesh, rules = ctx
+    target = _rules_dict(rules).get(logical)
+    names = () if target is None else (target,) if isinstance(target, str) else tuple(target)
+    shape = mesh_shape(mesh)
+    n = 1
+    for a in names:
+        n *= shape.get(a, 1)
+    return n
+
+
 __all__ = [
     "MESH_AXES", "RULES", "make_mesh", "mesh_shape", "logical_to_pspec", "param_pspecs", "param_shardings",
     "replicated", "batch_sharding", "sharding_report", "use_mesh", "constrain", "gathered", "current_mesh",
+    "axis_size",
 ]

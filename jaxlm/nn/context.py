@@ -26,8 +26,9 @@ from jaxlm.config import ConfigError
 
 
 def size() -> int:
-    """The ``context`` mesh size of the mesh in use (1 outside :func:`jaxlm.sharding.use_mesh`)."""
-    return sharding.mesh_shape(sharding.current_mesh())["context"]
+    """How many ways the sequence dimension is split on the mesh in use (the mesh axes the rules map
+    ``seq`` to; 1 outside :func:`jaxlm.sharding.use_mesh`)."""
+    return sharding.axis_size("seq")
 
 
 def check_divides(seq_len: int, context: int) -> None:
