@@ -227,3 +227,18 @@ def test_blocks_run_on_their_own_narrow_configs():
     np.testing.assert_array_equal(attention.apply(p["attn"], x, a)[0], attention.apply(p["attn"], x, cfg)[0])
     np.testing.assert_array_equal(ffn.apply(p["mlp"], x, f), ffn.apply(p["mlp"], x, cfg))
     np.testing.assert_array_equal(norms.apply(p["norm1"], x, n), norms.apply(p["norm1"], x, cfg))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the test tree itself
+def test_test_module_basenames_are_unique():
+    """pytest's default (prepend) import mode imports every test module by its basename: two files with the
+    same name in different folders make the whole run fail at collection, but only when both are collected
+    together (a targeted run never notices)."""
+    import collections
+    import pathlib
+
+    tests = pathlib.Path(__file__).parent
+    names = collections.Counter(p.name for p in tests.rglob("test_*.py"))
+    dup = {n: sorted(str(p.relative_to(tests)) for p in tests.rglob(n)) for n, c in names.items() if c > 1}
+    assert not dup, f"rename one of each pair (pytest imports test modules by basename): {dup}"
