@@ -77,11 +77,14 @@ def test_t5_import_export_logits(tmp_path, v11):
     src, valid, tgt = _inputs()
     ref = _torch_logits(m, src, valid, tgt)
     ours = np.asarray(t5.apply(loaded.params, jnp.asarray(src), jnp.asarray(tgt), c, src_valid=jnp.asarray(valid)))
-    assert np.abs(ours - ref).max() < TOL
+    err = np.abs(ours - ref).max()
+    assert err < TOL, err
     out = hf.save(loaded, tmp_path / "out")
     back = transformers.T5ForConditionalGeneration.from_pretrained(out).eval()
     assert (back.lm_head.weight is back.shared.weight) == (not v11)
-    assert np.abs(_torch_logits(back, src, valid, tgt) - ref).max() < TOL
+    back_err = np.abs(_torch_logits(back, src, valid, tgt) - ref).max()
+    print(f"t5 {'v1.1' if v11 else 'v1.0'}: max |dlogit| import {err:.3g}, after export {back_err:.3g}")
+    assert back_err < TOL
 
 
 @pytest.mark.parametrize("v11", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["v1.0", "v1.1"])
