@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# `make test` (CI) runs every test not marked slow; the slow ones (multi-device, notebooks, real weights,
-# subprocess kill/resume, lm-eval, W&B, packaging: each minutes on 2 cores) run in `make test-slow`.
+# `make test` (CI) runs every test not marked slow, including the streaming kill -9 resume, lm-eval parity,
+# W&B offline and notebook 06 tests; the slow ones (the 8-device layout matrices, notebooks 01-05, real
+# weights, the planner's 64-case matrix, packaging: each one to eight minutes on 2 cores) run in
+# `make test-slow`; `make test-all` runs both.
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow" --durations=15
 

@@ -17,7 +17,11 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOK_FILES = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
 TIMEOUT_PER_CELL = 600
 
-pytestmark = [pytest.mark.notebook, pytest.mark.slow]
+pytestmark = pytest.mark.notebook
+# notebook 06 (fine-tuning) runs in `make test`; the others take 1-2 minutes each and run in `make test-slow`
+IN_DEFAULT_RUN = {"06_finetuning"}
+NOTEBOOK_PARAMS = [pytest.param(p, id=p.stem, marks=() if p.stem in IN_DEFAULT_RUN else pytest.mark.slow)
+                   for p in NOTEBOOK_FILES]
 
 
 def run_notebook(path: Path) -> tuple[object, float]:
@@ -54,7 +58,7 @@ def test_notebooks_are_found():
             "04_bert_pretrain_finetune.py", "05_composing_models.py"} <= names, names
 
 
-@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=[p.stem for p in NOTEBOOK_FILES])
+@pytest.mark.parametrize("path", NOTEBOOK_PARAMS)
 def test_notebook_runs_in_quick_mode(path: Path, monkeypatch):
     # the kernel inherits this process's environment
     monkeypatch.setenv("JAXLM_QUICK", "1")

@@ -145,7 +145,6 @@ def _losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
-@pytest.mark.slow
 def test_streaming_kill9_resume_reproduces_the_uninterrupted_losses_bit_for_bit(corpus, tmp_path):
     path, tok_file, _ = corpus
     exp = tmp_path / "stream_exp.py"

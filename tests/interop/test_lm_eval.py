@@ -69,7 +69,6 @@ def _lls(res) -> list[float]:
     return [float(r[0]) for s in sorted(samples, key=lambda s: s["doc_id"]) for r in s["filtered_resps"]]
 
 
-@pytest.mark.slow
 def test_jaxlm_backend_matches_lm_evals_hf_backend(tiny_gpt2, task_dir):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
@@ -88,7 +87,6 @@ def test_jaxlm_backend_matches_lm_evals_hf_backend(tiny_gpt2, task_dir):
     assert ours["results"]["tiny_choice"]["acc,none"] == theirs["results"]["tiny_choice"]["acc,none"]
 
 
-@pytest.mark.slow
 def test_rolling_and_generate_run_batched_with_padding(tiny_gpt2):
     from lm_eval.api.instance import Instance
 
@@ -111,7 +109,6 @@ def test_rolling_and_generate_run_batched_with_padding(tiny_gpt2):
     assert len(gen) == 2 and all(isinstance(g, str) and "." not in g for g in gen)
 
 
-@pytest.mark.slow
 def test_unknown_task_says_how_to_list_tasks(tiny_gpt2, task_dir):
     from jaxlm.commands import harness
     from jaxlm.interop import lm_eval as backend

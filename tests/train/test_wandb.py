@@ -57,7 +57,6 @@ def _history(run_dir: Path) -> tuple[str, list[int], dict]:
     return ids.pop(), steps, config
 
 
-@pytest.mark.slow
 def test_wandb_offline_logs_the_metrics_rows_and_resumes_the_same_run(tiny_experiment, tmp_path, monkeypatch,
                                                                        step_cache):
     from jaxlm.train import config as C
