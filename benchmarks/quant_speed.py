@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
+import os
 import re
 import statistics
 import sys
@@ -127,7 +128,9 @@ def llama_cpp_rows(gguf_path, new, rows):
         return
     import llama_cpp
 
-    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=PROMPT + new + 8, verbose=False)
+    # llama-cpp-python's default is half the cores: give it every core, as XLA and PyTorch get
+    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=PROMPT + new + 8, n_threads=os.cpu_count(),
+                          n_threads_batch=os.cpu_count(), verbose=False)
     prompt = list(np.random.default_rng(0).integers(1, 49152, PROMPT))
     llm.generate(prompt, temp=0.0)
     t = time.perf_counter()
