@@ -65,13 +65,17 @@ class JaxLM(TemplateLM):
         cfg, fam = m.config, m.family
 
         @jax.jit
-        def logprobs(params, tokens):
+        def token_scores(params, tokens, targets):
+            """log p(targets[:, t] | tokens[:, :t+1]) and whether it is the argmax, both [B, T]: gathered here
+            so that only [B, T] (not [B, T, vocab]) float32 crosses back to the host."""
             logits = fam.apply(params, tokens, cfg)
             if isinstance(logits, dict):
                 logits = logits["logits"]
-            return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+            lp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)  # [B, T, V]
+            return (jnp.take_along_axis(lp, targets[..., None], axis=-1)[..., 0],
+                    jnp.argmax(lp, axis=-1) == targets)
 
-        self._logprobs = logprobs
+        self._token_scores = token_scores
 
     # -- what TemplateLM asks for --------------------------------------------------------------------------
     @property
@@ -96,15 +100,17 @@ class JaxLM(TemplateLM):
         return self.tok.decode(list(ids), skip_special_tokens=False)
 
     # -- scoring ---------------------------------------------------------------------------------------------
-    def _forward(self, rows: list[list[int]]) -> np.ndarray:
-        """Log-probabilities ``[len(rows), T, vocab]`` of right-padded rows (T a multiple of ``pad_to``)."""
-        T = max(len(r) for r in rows)
+    def _forward(self, rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """For right-padded rows of ``len(row) = L + 1`` tokens: ``(logp, greedy)``, each ``[len(rows), T]``
+        (T a multiple of ``pad_to``), position t scoring token t + 1 of the row given tokens 0..t."""
+        T = max(len(r) for r in rows) - 1
         T = -(-T // self.pad_to) * self.pad_to
         n = len(rows)
-        arr = np.zeros((self.batch_size if n <= self.batch_size else n, T), np.int32)  # one batch shape
+        arr = np.zeros((self.batch_size if n <= self.batch_size else n, T + 1), np.int32)  # one batch shape
         for i, r in enumerate(rows):
             arr[i, :len(r)] = r
-        return np.asarray(self._logprobs(self.m.params, jnp.asarray(arr)))[:n]
+        lp, greedy = self._token_scores(self.m.params, jnp.asarray(arr[:, :-1]), jnp.asarray(arr[:, 1:]))
+        return np.asarray(lp)[:n], np.asarray(greedy)[:n]
 
     def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         """(sum log p(continuation | context), continuation is greedy) per (context, continuation) ids; the
@@ -116,15 +122,13 @@ class JaxLM(TemplateLM):
             rows, conts = [], []
             for i in idx:
                 ctx, cont = pairs[i]
-                whole = (list(ctx) + list(cont))[-(self.max_length + 1):]
-                rows.append(whole[:-1])
-                conts.append(list(cont))
-            lp = self._forward(rows)
+                rows.append((list(ctx) + list(cont))[-(self.max_length + 1):])
+                conts.append(len(cont))
+            lp, greedy = self._forward(rows)
             for j, i in enumerate(idx):
-                n, L = len(conts[j]), len(rows[j])
-                sl = lp[j, L - n:L]  # [n, vocab]: the positions that predict the continuation
-                cont = np.asarray(conts[j])
-                out[i] = (float(sl[np.arange(n), cont].sum()), bool((sl.argmax(-1) == cont).all()))
+                n, L = conts[j], len(rows[j]) - 1
+                # positions L-n .. L-1 predict the continuation's n tokens
+                out[i] = (float(lp[j, L - n:L].sum()), bool(greedy[j, L - n:L].all()))
         return out  # type: ignore[return-value]
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **_: Any) -> list[tuple[float, bool]]:
