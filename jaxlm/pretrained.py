@@ -70,15 +70,20 @@ def load_run(run_dir: str | Path, step: int | str | None = None, dtype: str | No
     """A trained run as :class:`Loaded`: family module, model Config, params (newest good checkpoint, or
     ``step``: a number, ``"best"`` by the run's ``train.best_metric``, or ``"latest"``),
     ``tokenizers.Tokenizer`` (or None) and ``extra`` = {"run": RunConfig, "step": int, "specials": {pad,
-    bos, eos, unk, mask ids}}. ``dtype`` casts floating params."""
+    bos, eos, unk, mask ids}}. ``dtype`` casts floating params. A LoRA run (``finetune.lora``) comes back
+    with its adapters merged into the base and ``extra`` also holding ``lora``, ``adapters``, ``lora_base``."""
     run_dir = Path(run_dir)
     run = C.load(run_dir / "config.json")
     cfg = run.model
     family = family_of(cfg)
     ck = Checkpointer(run_dir, best_metric=run.train.best_metric, best_mode=run.train.best_mode, read_only=True,
                       report=lambda m: log.warning(m))
+    lora_extra = {}
     try:
-        params, s = ck.restore_params(P.abstract(family.spec(cfg)), step)
+        if run.finetune.lora.enabled:  # the checkpoint holds adapters: merged into the frozen base on load
+            params, s, lora_extra = _load_lora(run, run_dir, ck, step)
+        else:
+            params, s = ck.restore_params(P.abstract(family.spec(cfg)), step)
     finally:
         ck.manager.close()
     if dtype is not None:
@@ -88,7 +93,23 @@ def load_run(run_dir: str | Path, step: int | str | None = None, dtype: str | No
         tok = text.load_tokenizer(run_dir / "tokenizer.json")
         specials = text.special_ids(tok)
     return Loaded(family=family, config=cfg, params=params, tokenizer=tok, source=str(run_dir),
-                  extra={"run": run, "step": s, "specials": specials})
+                  extra={"run": run, "step": s, "specials": specials} | lora_extra)
+
+
+def _load_lora(run, run_dir: Path, ck: Checkpointer, step) -> tuple[dict, int, dict]:
+    """A LoRA run's (merged params, step, {"lora": LoRAConfig, "adapters": the trained tree, "lora_base":
+    where the base came from}): the base rebuilt as training did (:func:`jaxlm.train.setup.lora_base`), the
+    adapters (and any parameter trained in full) restored from the checkpoint and folded in
+    (:func:`jaxlm.finetune.lora.merge`), so the model decodes at the base model's speed."""
+    from jaxlm.finetune import lora
+    from jaxlm.train.setup import lora_base
+
+    cfg, lcfg = run.model, run.finetune.lora.config()
+    base, rec, new = lora_base(run, run_dir)
+    model_abs = P.flatten(P.abstract(family_of(cfg).spec(cfg)))
+    target = P.unflatten(P.flatten(P.abstract(lora.spec(cfg, lcfg))) | {k: model_abs[k] for k in new})
+    trained, s = ck.restore_params(target, step)
+    return lora.merge(base, trained, lcfg), s, {"lora": lcfg, "adapters": trained, "lora_base": rec}
 
 
 QUANTIZE_CHOICES = ("int8", "int4", "gguf")

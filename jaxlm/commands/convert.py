@@ -3,6 +3,7 @@
     jaxlm convert --from-hf path/to/hf_dir --to converted/          # or a hub id when online
     jaxlm convert --from-gguf SmolLM2-135M-Instruct.Q4_1.gguf --to converted/   (--from-hf also takes .gguf)
     jaxlm convert --to-hf runs/my_run --out hf_export/               # transformers.from_pretrained(hf_export/)
+    jaxlm convert --to-hf runs/my_lora_run --out adapter/ --adapters # peft.PeftModel.from_pretrained(model, adapter/)
 
 ``--to DIR`` writes a jaxlm params directory (config.json with the jaxlm Config, params.safetensors in jaxlm
 layout, tokenizer.json, extra.json) that ``jaxlm generate``, ``jaxlm eval`` and
@@ -30,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                     help="parameter dtype of the imported model (default float32)")
     ap.add_argument("--force", action="store_true", help="write into a non-empty output directory")
+    ap.add_argument("--adapters", action="store_true",
+                    help="with --to-hf on a LoRA run (finetune.lora): write its adapters as a PEFT directory "
+                         "(adapter_config.json + adapter_model.safetensors) instead of the merged model")
     ap.add_argument("--quantize", choices=("int8", "int4", "gguf"), default=None,
                     help="weight-only quantization of the matmul weights: int8 (per output channel), int4 "
                          "(--group-size values per scale), or gguf (keep a .gguf file's Q8_0/Q4_0/Q4_1 blocks)")
@@ -57,6 +61,28 @@ def main(argv: list[str]) -> int:
     return run("jaxlm convert", lambda: _convert(args), also=(ImportError, KeyError), code=1)
 
 
+def _export_adapters(loaded, src: str, out: Path) -> int:
+    """A LoRA run's adapters as a PEFT adapter directory for the base model's Hugging Face export."""
+    from jaxlm.finetune import lora, peft
+
+    if "adapters" not in loaded.extra:
+        raise ValueError(f"{src} holds no LoRA adapters (a run trained with finetune.lora.rank=N has them); drop "
+                         f"--adapters to export the model itself.")
+    from jaxlm import params as P
+
+    full = sorted(k for k in P.flatten(loaded.extra["adapters"]) if not lora.is_adapter(k))
+    if full:
+        raise ValueError(f"{src} also trains {full} in full, which a PEFT LoRA directory does not hold; drop "
+                         f"--adapters to export the merged model.")
+    base = loaded.extra.get("lora_base", {}).get("run", "")
+    peft.export(loaded.extra["adapters"], loaded.config, loaded.extra["lora"], out, base_model=base)
+    print(f"wrote PEFT adapter directory {out}: rank {loaded.extra['lora'].rank} on "
+          f"{len(lora.targets(loaded.config, loaded.extra['lora']))} projections of {base or 'the base'}; load it "
+          f"with peft.PeftModel.from_pretrained onto the base model's Hugging Face export (jaxlm convert --to-hf "
+          f"{base or 'BASE'} --out DIR)")
+    return 0
+
+
 def _convert(args: argparse.Namespace) -> int:
     from jaxlm import params as P
     from jaxlm import pretrained
@@ -67,6 +93,8 @@ def _convert(args: argparse.Namespace) -> int:
         if args.quantize is not None:
             raise ValueError("--quantize applies to --from-hf / --from-gguf; Hugging Face exports are float: drop it.")
         loaded = pretrained.load(args.to_hf)
+        if args.adapters:
+            return _export_adapters(loaded, args.to_hf, out)
         from jaxlm.nn import quant
 
         if quant.describe(loaded.params):  # a quantized params directory exports its dequantised weights
@@ -77,6 +105,8 @@ def _convert(args: argparse.Namespace) -> int:
         what = "Hugging Face checkpoint"
     else:
         src = args.from_hf or args.from_gguf
+        if args.adapters:
+            raise ValueError("--adapters exports a LoRA run's adapters: use it with --to-hf RUN_DIR --out DIR.")
         out = _check_out(args.to, "--to", args.force)
         if args.from_gguf and not str(src).endswith(".gguf"):
             raise ValueError(f"--from-gguf {src}: expected a .gguf file.")

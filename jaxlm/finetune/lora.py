@@ -77,6 +77,11 @@ class LoRAConfig:
         return self.alpha / self.rank
 
 
+def is_adapter(path: str) -> bool:
+    """Whether a flattened params path (``layers/attn/q/lora_a``) is a LoRA adapter matrix."""
+    return path.rsplit("/", 1)[-1] in ADAPTER_KEYS
+
+
 def _model_spec(model) -> Mapping:
     """A model Config -> its spec; a spec passes through."""
     return family_of(model).spec(model) if not isinstance(model, Mapping) else model
@@ -166,8 +171,13 @@ def init(key: jax.Array, model, cfg: LoRAConfig, mesh=None) -> dict:
 def combine(base: Mapping, adapters: Mapping, cfg: LoRAConfig, key: jax.Array | None = None) -> dict:
     """The params tree the model's ``apply`` runs with the adapters: ``base`` plus, next to each adapted
     ``w``, ``lora_a`` and ``lora_b · alpha / r``. With ``key`` and ``cfg.dropout > 0`` each adapted projection
-    also gets a dropout key (one per layer of a stack) and rate. Differentiable in ``adapters``."""
+    also gets a dropout key (one per layer of a stack) and rate. Differentiable in ``adapters``.
+
+    Entries of ``adapters`` that are not ``lora_a`` / ``lora_b`` (parameters a fine-tuning run trains in full,
+    such as a new task head) replace or add to ``base``'s as they are."""
     fb, fa = P.flatten(base), P.flatten(adapters)
+    fb.update({k: v for k, v in fa.items() if not is_adapter(k)})
+    fa = {k: v for k, v in fa.items() if is_adapter(k)}
     missing = sorted({k.rsplit("/", 1)[0] for k in fa} - {k.rsplit("/", 1)[0] for k in fb if k.endswith("/w")})
     if missing:
         raise ValueError(f"adapters for {missing} have no weight in the base params: adapters and model differ.")
@@ -189,8 +199,11 @@ def merge(base: Mapping, adapters: Mapping, cfg: LoRAConfig) -> dict:
     """``base`` with every adapted weight replaced by ``W + (alpha / r) · A · B`` (in W's dtype): a plain
     params tree for export, conversion or decoding at the base model's speed. A quantized ``W``
     (:class:`jaxlm.nn.quant.QArray`, QLoRA) is dequantised and the merged weight is float; quantize the
-    result again with :func:`jaxlm.nn.quant.quantize` to keep the base's size."""
+    result again with :func:`jaxlm.nn.quant.quantize` to keep the base's size. Non-adapter entries of
+    ``adapters`` (fully trained parameters) replace or add to ``base``'s, as in :func:`combine`."""
     fb, fa = P.flatten(base), P.flatten(adapters)
+    fb.update({k: v for k, v in fa.items() if not is_adapter(k)})
+    fa = {k: v for k, v in fa.items() if is_adapter(k)}
     out = dict(fb)
     for path in sorted({k.rsplit("/", 1)[0] for k in fa}):
         w, a, b = fb[f"{path}/w"], fa[f"{path}/lora_a"], fa[f"{path}/lora_b"]

@@ -21,6 +21,7 @@ from typing import Any
 from jaxlm import config as C
 from jaxlm.config import parse_step
 from jaxlm.fileio import write_text_atomic
+from jaxlm.finetune.lora import LoRAConfig
 from jaxlm.models import FAMILIES, base, family_of, get
 
 # the training tasks a family may declare, plus post-training tasks that need one of them (their data is
@@ -237,13 +238,54 @@ class MeshConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LoRASettings:
+    """``finetune.lora.*``: train LoRA adapters (:mod:`jaxlm.finetune.lora`) instead of the model's weights;
+    off while ``rank`` is 0. The base model is ``train.init_from``'s params (a fresh init without it) and stays
+    frozen; checkpoints hold the adapters and their optimizer state only. ``targets``: regular expressions
+    over projection paths (comma-separated on the command line), ``alpha``: the update is scaled by
+    ``alpha / rank``, ``dropout``: on the adapters' input."""
+
+    rank: int = 0
+    targets: str = "layers/attn/(q|v)"  # comma-separated regular expressions
+    alpha: float = 16.0
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.targets, str):  # a sequence of patterns from Python
+            object.__setattr__(self, "targets", ",".join(self.targets))
+        if not _integer(self.rank) or self.rank < 0:
+            raise C.ConfigError(f"finetune.lora.rank={self.rank!r} must be a positive integer (e.g. 8; 0 = off).")
+        # LoRAConfig checks every field, naming the finetune.lora key (also while off: a bad value is an error)
+        LoRAConfig(targets=self._patterns(), rank=self.rank or 1, alpha=self.alpha, dropout=self.dropout)
+
+    def _patterns(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.targets.split(",") if t.strip())
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank != 0
+
+    def config(self) -> LoRAConfig:
+        """The :class:`jaxlm.finetune.lora.LoRAConfig` of these settings."""
+        return LoRAConfig(targets=self._patterns(), rank=self.rank, alpha=self.alpha, dropout=self.dropout)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneConfig:
+    """Parameter-efficient fine-tuning: ``finetune.lora.*`` (:class:`LoRASettings`)."""
+
+    lora: LoRASettings = field(default_factory=LoRASettings)
+
+
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    """model (a family Config, or a preset name resolved here), train, data, mesh."""
+    """model (a family Config, or a preset name resolved here), train, data, mesh, finetune."""
 
     model: Any
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.model, str):
@@ -345,14 +387,18 @@ def load_experiment(path: str | Path) -> RunConfig:
     return cfg
 
 
+SECTIONS = ("model", "train", "data", "mesh", "finetune")
+
+
 def to_json(cfg: RunConfig) -> dict:
-    """``{"model": ..., "train": ..., "data": ..., "mesh": ...}``, each with its ``__class__`` tag."""
-    return {k: C.to_dict(getattr(cfg, k)) for k in ("model", "train", "data", "mesh")}
+    """``{"model": ..., "train": ..., "data": ..., "mesh": ..., "finetune": ...}``, each with its
+    ``__class__`` tag."""
+    return {k: C.to_dict(getattr(cfg, k)) for k in SECTIONS}
 
 
 def from_json(d: dict) -> RunConfig:
-    """The RunConfig of a :func:`to_json` dict."""
-    return RunConfig(**{k: C.from_dict(d[k]) for k in ("model", "train", "data", "mesh")})
+    """The RunConfig of a :func:`to_json` dict (a run saved before ``finetune`` existed gets its default)."""
+    return RunConfig(**{k: C.from_dict(d[k]) for k in SECTIONS if k in d})
 
 
 def save(cfg: RunConfig, path: str | Path) -> None:

@@ -229,7 +229,7 @@ class Evaluation(Hook):
 
     def _evaluate(self, loop: Loop) -> dict:
         s, t = loop.setup, loop.setup.run.train
-        params = loop.plain().params
+        params = s.compiled.model_params(loop.plain())  # with LoRA: the base combined with the adapters
         fn = s.compiled.eval_step(params)
         return evaluate(fn, params, s.prep.eval, t.batch_size, t.eval_batches, s.par)
 

@@ -29,7 +29,9 @@ from jaxlm import metrics as M
 from jaxlm import params as P
 from jaxlm.config import ConfigError, parse_step
 from jaxlm.data import pipeline
-from jaxlm.fileio import RunDirLocked, RunLock, copy_atomic, private_tmp
+from jaxlm.fileio import RunDirLocked, RunLock, copy_atomic, private_tmp, write_text_atomic
+from jaxlm.finetune import lora
+from jaxlm.finetune.lora import LoRAConfig
 from jaxlm.models import active_params, family_of
 from jaxlm.parallel import Parallel
 from jaxlm.train import config as C
@@ -55,7 +57,8 @@ class Compiled:
     par: Parallel
     step_fn: Callable  # the pure train step
     eval_fn: Callable  # the pure eval step
-    init: Callable | None = None  # key -> state, jitted with the state's shardings (jit mode only)
+    init: Callable | None = None  # key -> state, jitted with the state's shardings (jit mode, no LoRA)
+    lora: LoRAConfig | None = None  # finetune.lora: state.params are adapters over a frozen base
     _train: Callable | None = field(default=None, repr=False)
     _eval: Callable | None = field(default=None, repr=False)
 
@@ -64,6 +67,13 @@ class Compiled:
         if self.init is not None:
             return self.init(key)
         return self.par.init_state(create_state, key, cfg, self.optimizer)
+
+    def model_params(self, state: TrainState) -> dict:
+        """The params the model runs with: ``state.params``, or with LoRA the frozen base combined with the
+        adapters (:func:`jaxlm.finetune.lora.combine`: the adapters stay separate, nothing is merged)."""
+        if self.lora is None:
+            return state.params
+        return lora.combine(state.frozen, state.params, self.lora)
 
     def train_step(self, state: TrainState) -> Callable:
         """``step(state, batch) -> (state, metrics)``, jitted with shardings and the state donated (or
@@ -94,7 +104,8 @@ class StepCache:
         t = run.train
         micro = t.batch_size // t.grad_accum
         loop_only = {f: getattr(C.TrainConfig(), f) for f in LOOP_ONLY}
-        key = (task, run.model, dataclasses.replace(t, **loop_only), run.mesh, micro, jax.device_count())
+        key = (task, run.model, dataclasses.replace(t, **loop_only), run.mesh, run.finetune, micro,
+               jax.device_count())
         if key not in self._entries:
             while len(self._entries) >= self.max_entries:
                 self._entries.pop(next(iter(self._entries)))
@@ -106,12 +117,16 @@ def build(task: Task, run: C.RunConfig, *, devices=None) -> Compiled:
     """The optimizer, :class:`Parallel` and (not yet compiled) steps of ``run`` with ``task``. ``devices``:
     the mesh's devices (default all; :mod:`jaxlm.train.plan` passes a TPU slice's compile-only devices)."""
     cfg, t = run.model, run.train
+    lcfg = run.finetune.lora.config() if run.finetune.lora.enabled else None
+    spec = family_of(cfg).spec(cfg)
+    if lcfg is not None:  # the adapters (and their optimizer state) shard by their own logical axes
+        spec = P.unflatten(P.flatten(spec) | P.flatten(lora.spec(cfg, lcfg)))
     opt = make_optimizer(t, cfg)
-    par = Parallel(run.mesh, model_cfg=cfg, batch_size=t.batch_size // t.grad_accum, devices=devices,
+    par = Parallel(run.mesh, model_cfg=cfg, spec=spec, batch_size=t.batch_size // t.grad_accum, devices=devices,
                    seq_len=run.data.seq_len)
-    out = Compiled(optimizer=opt, par=par, eval_fn=make_eval_step(task, cfg),
-                   step_fn=make_train_step(task, cfg, opt, grad_axis_name=par.grad_axis_name))
-    if par.mode == "jit":  # par.init_state, but jitted once per configuration
+    out = Compiled(optimizer=opt, par=par, eval_fn=make_eval_step(task, cfg), lora=lcfg,
+                   step_fn=make_train_step(task, cfg, opt, grad_axis_name=par.grad_axis_name, lora=lcfg))
+    if par.mode == "jit" and lcfg is None:  # par.init_state, but jitted once per configuration
         fn = lambda key: create_state(key, cfg, opt)  # noqa: E731
         out.init = jax.jit(fn, out_shardings=par.state_shardings(jax.eval_shape(fn, jax.random.key(0))))
     return out
@@ -189,7 +204,7 @@ def check_config(run_dir: Path, run: C.RunConfig, say: Callable[..., None]) -> l
                 (run_dir / pipeline.TOKENIZER_FILE).unlink(missing_ok=True)
             say(f"{run_dir} holds no checkpoint: the settings of its earlier start are replaced.")
         return []
-    for section in ("model", "data"):
+    for section in ("model", "data", "finetune"):
         if getattr(old, section) != getattr(run, section):
             a, b = C.to_json(old)[section], C.to_json(run)[section]
             diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
@@ -241,6 +256,46 @@ def run_params(run_dir: str | Path, step: int | str | None = None) -> tuple[dict
         ck.manager.close()
 
 
+LORA_BASE_FILE = "lora_base.json"  # a LoRA run's base model: {"run": DIR, "step": N} or {"seed": S}
+
+
+def lora_base(run: C.RunConfig, run_dir: str | Path | None = None) -> tuple[dict, dict, list[str]]:
+    """The frozen base model of a LoRA run (``finetune.lora``): (params, record, new paths). The base is
+    ``train.init_from``'s checkpoint (with fresh values for parameters it lacks, e.g. a new task head: the
+    ``new`` paths, which the run trains in full), or the seed's fresh init without ``init_from``. ``run_dir``:
+    read the record its first start wrote (:data:`LORA_BASE_FILE`), so a resumed run or a reader of its
+    checkpoints gets the same base step even when ``init_step`` was "latest" and the source trained on."""
+    cfg, t = run.model, run.train
+    f = None if run_dir is None else Path(run_dir) / LORA_BASE_FILE
+    if f is not None and f.is_file():
+        rec = json.loads(f.read_text())
+    else:
+        rec = {"run": str(t.init_from), "step": parse_step(t.init_step)} if t.init_from else {"seed": t.seed}
+    fresh = family_of(cfg).init(jax.random.fold_in(jax.random.key(t.seed), 0), cfg)
+    if "run" not in rec:
+        return fresh, {"seed": int(rec["seed"])}, []
+    src, step = run_params(rec["run"], step=rec["step"])
+    params, new = merge_params(fresh, src, rec["run"])
+    return params, {"run": rec["run"], "step": int(step)}, new
+
+
+def _lora_state(run: C.RunConfig, c: Compiled, key: jax.Array, run_dir: Path | None, say) -> tuple[TrainState, dict]:
+    """A fresh LoRA state, placed: adapters (B = 0) plus the base's new parameters as ``params``, the rest of
+    the base as ``frozen``; and the base's record (:func:`lora_base`)."""
+    cfg = run.model
+    base, rec, new = lora_base(run, run_dir)
+    fb = P.flatten(base)
+    trainable = P.flatten(lora.init(jax.random.fold_in(key, 2), cfg, c.lora)) | {k: fb.pop(k) for k in new}
+    state = create_state(key, cfg, c.optimizer, params=P.unflatten(trainable), frozen=P.unflatten(fb))
+    n_ad = sum(int(np.size(v)) for k, v in trainable.items() if lora.is_adapter(k))
+    n_base = sum(int(np.size(v)) for v in fb.values())
+    where = f"{rec['run']} (step {rec['step']})" if "run" in rec else f"a fresh init (seed {rec['seed']})"
+    say(f"LoRA: rank {c.lora.rank} on {len(lora.targets(cfg, c.lora))} projections, {n_ad:,} adapter "
+        f"parameters ({100 * n_ad / max(n_base, 1):.3f} % of the {n_base:,} frozen ones of {where})"
+        + (f"; trained in full: {new}" if new else ""))
+    return c.par.place_state(state), rec
+
+
 def _mismatch_error(e: StructureMismatch, ckpt: Checkpointer, changed: list[str]) -> ConfigError:
     what = ", ".join(changed) or "none recorded in config.json"
     fix = ("resume with the old train settings, choose a new --run-dir, or pass train.reset_optimizer=true "
@@ -254,10 +309,19 @@ def _first_state(run: C.RunConfig, c: Compiled, ckpt: Checkpointer, say,
                  changed: list[str] = ()) -> tuple[Any, int, int | None, dict | None]:
     """(state, start step, resumed_from, initialised_from): the newest good checkpoint of this run, else
     ``train.init_from``'s params, else a fresh state. ``changed``: the train settings that differ from
-    the run directory's (:func:`check_config`), named when a checkpoint no longer fits."""
+    the run directory's (:func:`check_config`), named when a checkpoint no longer fits. A LoRA run
+    (``finetune.lora``) restores its adapters and rebuilds its frozen base (:func:`lora_base`)."""
     cfg, t, par = run.model, run.train, c.par
     key = jax.random.key(t.seed)
-    plain_like = jax.eval_shape(lambda k: create_state(k, cfg, c.optimizer), key)
+    if c.lora is not None:
+        resuming = bool(ckpt.steps())
+        fresh, rec = _lora_state(run, c, key, ckpt.run_dir if resuming else None, say)
+        if jax.process_index() == 0:
+            write_text_atomic(ckpt.run_dir / LORA_BASE_FILE, json.dumps(rec) + "\n")
+        plain_like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), fresh)
+    else:
+        fresh = None
+        plain_like = jax.eval_shape(lambda k: create_state(k, cfg, c.optimizer), key)
     try:
         restored = ckpt.restore(par.abstract_state(plain_like), settings_changed=bool(changed)) \
             if ckpt.steps() else None
@@ -269,7 +333,8 @@ def _first_state(run: C.RunConfig, c: Compiled, ckpt: Checkpointer, say,
             raise _past_end(ckpt, start, t.steps) from None
         say(f"train.reset_optimizer: restored the params of checkpoint step {start}; the optimizer state "
             f"(moments, schedule count) starts afresh.")
-        state = create_state(key, cfg, c.optimizer, params=params)
+        state = create_state(key, cfg, c.optimizer, params=params,
+                             frozen=None if fresh is None else par.unreplicate(fresh).frozen)
         state = par.place_state(state.replace(step=jnp.asarray(start * t.grad_accum, jnp.int32)))
         return state, start, start, None
     if restored is not None:
@@ -278,7 +343,11 @@ def _first_state(run: C.RunConfig, c: Compiled, ckpt: Checkpointer, say,
         if start > t.steps:
             raise _past_end(ckpt, start, t.steps)
         say(f"resuming from checkpoint step {start} in {ckpt.dir}")
+        if fresh is not None:  # the checkpoint holds the adapters; the frozen base was rebuilt
+            state = state.replace(frozen=par.unreplicate(fresh).frozen)
         return (par.place_state(state) if par.mode == "pmap" else state), start, start, None
+    if fresh is not None:
+        return fresh, 0, None, ({"run": str(t.init_from), "step": int(rec["step"])} if "run" in rec else None)
     if t.init_from:
         src_params, src_step = run_params(t.init_from, step=parse_step(t.init_step))
         fresh = family_of(cfg).init(jax.random.fold_in(key, 0), cfg)
@@ -289,7 +358,7 @@ def _first_state(run: C.RunConfig, c: Compiled, ckpt: Checkpointer, say,
     return c.init_state(key, cfg), 0, None, None
 
 
-def _with_reference(run: C.RunConfig, prep, c: Compiled, state, say):
+def _with_reference(run: C.RunConfig, prep, c: Compiled, state, say, run_dir: Path):
     """``prep`` with the DPO reference's summed log-probs (``ref_chosen_logps`` / ``ref_rejected_logps``)
     added to its train and eval arrays. The reference is the run's starting model: the first state's params,
     or for a resumed run the same params rebuilt (``train.init_from``'s, or the seed's fresh init)."""
@@ -298,7 +367,9 @@ def _with_reference(run: C.RunConfig, prep, c: Compiled, state, say):
 
     cfg, t = run.model, run.train
     if state is not None:
-        ref = c.par.unreplicate(state).params
+        ref = c.model_params(c.par.unreplicate(state))
+    elif c.lora is not None:  # zero adapters: the reference is the base
+        ref = lora_base(run, run_dir)[0]
     else:
         fresh = family_of(cfg).init(jax.random.fold_in(jax.random.key(t.seed), 0), cfg)
         ref = merge_params(fresh, run_params(t.init_from, parse_step(t.init_step))[0], t.init_from)[0] \
@@ -377,14 +448,15 @@ def _setup(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False,
         ckpt.close()
         raise
     if t.task == "dpo":  # the frozen reference is the model the run starts from; its log-probs once, up front
-        prep = _with_reference(run, prep, c, state if resumed_from is None else None, say)
+        prep = _with_reference(run, prep, c, state if resumed_from is None else None, say, run_dir)
     if resumed_from is not None and hasattr(prep.train, "load_state_dict"):
         _resume_stream(prep.train, ckpt, run_dir, resumed_from)
     if main:  # only now: a refused resume leaves the run directory's config.json as it was
         C.save(run, run_dir / "config.json")
 
     cfg, par = run.model, c.par
-    n_params = P.count(par.unreplicate(state).params)
+    n_params = P.count({k: v for k, v in P.flatten(c.model_params(par.unreplicate(state))).items()
+                        if not lora.is_adapter(k)})
     seq = next(iter(prep.train.arrays.values())).shape[1] if prep.train.arrays else 1
     report = par.report()  # how every parameter is sharded: RUN_DIR/sharding.txt, summary and warning here
     if main:

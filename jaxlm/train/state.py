@@ -14,14 +14,17 @@ from jaxlm.models import family_of
 
 @struct.dataclass
 class TrainState:
-    """params (nested dict), opt_state (optax), step (int32 scalar: train-step calls so far) and rng
-    (uint32[2] raw key data: stored raw so Orbax saves it like any array; the key of step s is
-    ``fold_in(wrap_key_data(rng), s)``, so no key has to be carried from step to step)."""
+    """params (nested dict: what the optimizer trains), opt_state (optax), step (int32 scalar: train-step
+    calls so far), rng (uint32[2] raw key data: stored raw so Orbax saves it like any array; the key of step s
+    is ``fold_in(wrap_key_data(rng), s)``, so no key has to be carried from step to step) and ``frozen``:
+    weights the step reads but never updates (a LoRA run's base model, with ``params`` its adapters; None
+    otherwise). ``frozen`` is not written to checkpoints: it is rebuilt from where it came from."""
 
     params: Any
     opt_state: Any
     step: jax.Array
     rng: jax.Array
+    frozen: Any = None
 
     def key(self) -> jax.Array:
         """This step's PRNG key."""
@@ -38,12 +41,12 @@ def raw_key(key: jax.Array | int) -> jax.Array:
 
 
 def create_state(key: jax.Array | int, model_cfg, optimizer: optax.GradientTransformation,
-                 params: dict | None = None) -> TrainState:
+                 params: dict | None = None, frozen: dict | None = None) -> TrainState:
     """A fresh state: params drawn from ``key`` (or the given ``params``), the optimizer's initial state,
-    step 0, and a training rng derived from ``key`` independently of the parameter draw."""
+    step 0, a training rng derived from ``key`` independently of the parameter draw, and ``frozen``."""
     raw = raw_key(key)
     typed = jax.random.wrap_key_data(raw)
     if params is None:
         params = family_of(model_cfg).init(jax.random.fold_in(typed, 0), model_cfg)
     return TrainState(params=params, opt_state=optimizer.init(params), step=jnp.zeros((), jnp.int32),
-                      rng=jax.random.key_data(jax.random.fold_in(typed, 1)))
+                      rng=jax.random.key_data(jax.random.fold_in(typed, 1)), frozen=frozen)

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from jaxlm.finetune.lora import combine as lora_combine
 from jaxlm.train.state import TrainState
 from jaxlm.train.tasks import TOKEN_KEYS, count_bad_ids
 
@@ -26,9 +27,13 @@ def summarize(sums: dict) -> dict:
 
 
 def make_train_step(task, model_cfg, optimizer: optax.GradientTransformation, *,
-                    grad_axis_name: str | None = None,
-                    check_ids: bool = True) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+                    grad_axis_name: str | None = None, check_ids: bool = True,
+                    lora=None) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """``step(state, batch) -> (state, metrics)``: one gradient step, pure and un-jitted.
+
+    With ``lora`` (a :class:`jaxlm.finetune.lora.LoRAConfig`) ``state.params`` are the adapters and
+    ``state.frozen`` the base model: the task runs on :func:`jaxlm.finetune.lora.combine` of the two and only
+    the adapters are differentiated and updated.
 
     The objective is the weighted mean loss ``sum(loss) / sum(weight)``. With ``grad_axis_name`` (the step
     runs under ``jax.pmap`` / ``shard_map`` with that axis) the weight total is ``psum``-ed first and the
@@ -45,7 +50,10 @@ def make_train_step(task, model_cfg, optimizer: optax.GradientTransformation, *,
     # tasks without token inputs (custom losses over other arrays) have nothing to check
     check_ids = check_ids and model_cfg is not None and bool(TOKEN_KEYS.get(getattr(task, "name", None)))
 
-    def objective(params, batch, key):
+    def objective(params, frozen, batch, key):
+        if lora is not None:  # the adapters' dropout gets its own key; the task's stays as without LoRA
+            k_drop, key = (None, None) if key is None else jax.random.split(key)
+            params = lora_combine(frozen, params, lora, k_drop)
         sums = task(params, batch, key, model_cfg, True)
         total = sums["weight"] if grad_axis_name is None else lax.psum(sums["weight"], grad_axis_name)
         return sums["loss"] / jnp.maximum(total, 1e-9), sums
@@ -54,7 +62,8 @@ def make_train_step(task, model_cfg, optimizer: optax.GradientTransformation, *,
         key = state.key()
         if grad_axis_name is not None:
             key = jax.random.fold_in(key, lax.axis_index(grad_axis_name))
-        (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch, key)
+        (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(state.params, state.frozen, batch,
+                                                                          key)
         if grad_axis_name is not None:
             grads = lax.psum(grads, grad_axis_name)
             sums = lax.psum(sums, grad_axis_name)

@@ -38,6 +38,9 @@ BAD = [
     ("train.lr=nan", "train.lr=nan must be a finite number > 0"),
     ("train.lr=inf", "train.lr=inf must be a finite number > 0"),
     ("train.warmup_steps=-1", "train.warmup_steps=-1 must be an integer >= 0"),
+    ("finetune.lora.rank=-2", "finetune.lora.rank=-2 must be a positive integer (e.g. 8; 0 = off)"),
+    ("finetune.lora.alpha=0", "finetune.lora.alpha=0.0 must be a finite number > 0 (e.g. 16)"),
+    ("finetune.lora.dropout=1", "finetune.lora.dropout=1.0 must be in [0, 1)"),
     ("train.min_lr_ratio=1.5", "train.min_lr_ratio=1.5 must be in [0, 1]"),
     ("train.min_lr_ratio=-0.1", "train.min_lr_ratio=-0.1 must be in [0, 1]"),
     ("train.b1=1", "train.b1=1.0 must be in [0, 1); Adam's decay rates are e.g. b1=0.9"),
@@ -136,6 +139,7 @@ def test_the_table_covers_every_numeric_field():
     fields = {f"train.{f}" for f in _numeric_fields(C.TrainConfig)} | \
         {f"data.{f}" for f in _numeric_fields(C.DataConfig)} | \
         {f"mesh.{f}" for f in _numeric_fields(C.MeshConfig)} | \
+        {f"finetune.lora.{f}" for f in _numeric_fields(C.LoRASettings)} | \
         {f"model.{f}" for fam in FAMILIES.values() for f in _numeric_fields(fam.Config) if f not in fam.Config.unused}
     assert fields - covered == set()
 

@@ -224,3 +224,20 @@ def test_lora_adapters_shard_by_the_rules_and_train_the_same_on_8_devices():
         assert s["layers/attn/o/lora_a"] == [None, "tensor"]  # [layers, heads, head_dim, r]
         assert s["layers/mlp/wi_0/lora_b"] == [None, None, "tensor"]
         assert s["layers/mlp/wo/lora_b"] == [None, None, "fsdp"]
+
+
+@pytest.mark.slow
+def test_jaxlm_train_lora_run_on_8_devices_equals_one_device(tmp_path):
+    """finetune.lora through `jaxlm train`: on a 2 x 2 x 2 mesh the adapters are sharded by the rules (the
+    frozen base as without LoRA), and under pmap they are replicated; both give the one-device losses."""
+    res = run_worker("worker_lora_train.py", str(tmp_path / "8"), "data2_fsdp2_tensor2,pmap8", timeout=1200)
+    ref = run_worker("worker_lora_train.py", str(tmp_path / "1"), "single", devices=1)["single"]["losses"]
+    assert len(ref) == 4 and ref[-1] < ref[0]
+    for name in ("data2_fsdp2_tensor2", "pmap8"):
+        np.testing.assert_allclose(res[name]["losses"], ref, rtol=RTOL, err_msg=name)
+    s = {k: v[:max([i + 1 for i, a in enumerate(v) if a is not None], default=0)]
+         for k, v in res["data2_fsdp2_tensor2"]["specs"].items()}
+    assert set(s) == {f"{p}/{k}" for p in ("layers/attn/q", "layers/attn/o", "layers/mlp/wo")
+                      for k in ("lora_a", "lora_b")}
+    assert s["layers/attn/q/lora_a"] == [None, "fsdp"] and s["layers/attn/q/lora_b"] == [None, None, "tensor"]
+    assert s["layers/mlp/wo/lora_b"] == [None, None, "fsdp"]
