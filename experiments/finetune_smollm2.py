@@ -13,9 +13,11 @@ and after, with wall time and the optimizer state's size.
 
 ``dpo``: prompts are the first 4 words of SST-2 training sentences; for each, a positive sentence's
 remainder is chosen over a negative one's (:mod:`jaxlm.finetune.dpo`, β = 0.1, LoRA on the policy, the
-base model as the frozen reference); reports the held-out pairs' implicit-reward accuracy before and after.
-The fraction of sampled continuations a sentiment classifier calls positive needs the fine-tuned BERT of
-experiments/bert_sentiment.py (a separate run); pass its run directory with ``--classifier RUN_DIR``.
+base model as the frozen reference); reports the held-out pairs' implicit-reward accuracy before and after,
+and with ``--classifier RUN_DIR`` (a jaxlm run of a BERT sentence classifier trained on SST-2, e.g. the
+all-MiniLM-L6-v2 one of experiments/README.md) the fraction of continuations sampled from the held-out
+prompts (``--samples`` per prompt, temperature 1, top-k 50, 12 new tokens) that the classifier calls
+positive, before and after.
 
 ``--quick`` shrinks everything to a smoke test (a few examples, two steps).
 """
@@ -195,9 +197,42 @@ def run_dpo(args) -> dict:
     res["after"] = {"pair_accuracy": float(s1["correct"] / s1["weight"]), "train_s": time.perf_counter() - t0,
                     "steps": steps, "test_loss": float(s1["loss"] / s1["weight"]),
                     "test_reward_margin": float(s1["reward_margin"] / s1["weight"])}
-    res["classifier"] = "not run: needs a fine-tuned BERT sentiment run (experiments/bert_sentiment.py)"
+    if args.classifier:
+        held_out = pr[:n_test]
+        for when, params in (("before", base), ("after", lora.merge(base, adapters, lc))):
+            texts = sample_reviews(params, cfg, tok, held_out, args.samples)
+            res[when] |= positive_fraction(args.classifier, texts) | {"examples": texts[:4]}
+            print(when, {k: v for k, v in res[when].items() if k != "examples"}, flush=True)
+        res["classifier"] = str(args.classifier)
     print(res, flush=True)
     return res
+
+
+def sample_reviews(params, cfg, tok, prompts: list[list[int]], per_prompt: int, max_new: int = 12) -> list[str]:
+    """``per_prompt`` sampled continuations of each prompt (temperature 1, top-k 50), decoded with the prompt."""
+    out = []
+    stop = [i for i in (tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")) if i is not None]
+    for s in range(per_prompt):
+        g = generate(params, cfg, prompts, max_new_tokens=max_new, temperature=1.0, top_k=50, seed=s,
+                     stop_tokens=stop)
+        out += [tok.decode(list(p) + list(t), skip_special_tokens=True) for p, t in zip(prompts, g.tokens)]
+    return out
+
+
+def positive_fraction(classifier_dir: str, texts: list[str]) -> dict:
+    """The share of ``texts`` a jaxlm sentence-classification run (labels 0 = negative, 1 = positive, as in
+    SST-2) calls positive, with its best checkpoint."""
+    from jaxlm import pretrained
+    from jaxlm.data import packing
+    from jaxlm.data import text as T
+
+    c = pretrained.load(classifier_dir, step="best")
+    sp = c.extra["specials"]
+    arr = packing.pad_single(T.encode(c.tokenizer, texts), 64, bos_id=sp["bos"], eos_id=sp["eos"], pad_id=sp["pad"])
+    fn = jax.jit(lambda p, t, v: c.family.apply(p, t, c.config, valid=v)["logits"])
+    pred = np.concatenate([np.asarray(fn(c.params, arr["tokens"][i:i + 32], arr["valid"][i:i + 32])).argmax(-1)
+                           for i in range(0, len(texts), 32)])
+    return {"positive_fraction": float((pred == 1).mean()), "samples": len(texts)}
 
 
 def main() -> None:
@@ -211,6 +246,8 @@ def main() -> None:
     ap.add_argument("--lr-lora", type=float, default=1e-3)
     ap.add_argument("--lr-full", type=float, default=2e-5)
     ap.add_argument("--out", default="")
+    ap.add_argument("--classifier", default="", help="dpo: a BERT SST-2 classification run directory")
+    ap.add_argument("--samples", type=int, default=4, help="dpo: continuations sampled per held-out prompt")
     args = ap.parse_args()
     res = run_sft(args) if args.what == "sft" else run_dpo(args)
     if args.out:

@@ -36,6 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxlm import sharding
 from jaxlm.config import ConfigError
 from jaxlm.models import family_of
+from jaxlm.nn import quant
 from jaxlm.params import Param, flatten
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,9 @@ def tree_shardings(tree: Any, spec: Mapping, mesh: Mesh, rules=None) -> Any:
     parameter's sharding; every other leaf (step counters, RNG keys, scalars) is replicated.
 
     Matching path suffixes covers the params, Adam's ``mu``/``nu`` and any optax wrapper (masks,
-    MultiSteps, chains) without knowing the optimizer, and works on ``ShapeDtypeStruct`` trees too.
+    MultiSteps, chains) without knowing the optimizer, and works on ``ShapeDtypeStruct`` trees too. A
+    quantized weight (:class:`jaxlm.nn.quant.QArray`, e.g. a QLoRA run's frozen base) gets a QArray of
+    shardings: integers and scales sharded by the weight's axes (:func:`jaxlm.nn.quant.shardings`).
     """
     flat_spec: dict[str, Param] = flatten(spec)
     index = {tuple(k.split("/")): (p, NamedSharding(mesh, sharding.logical_to_pspec(p.axes, mesh, rules,
@@ -157,14 +160,15 @@ def tree_shardings(tree: Any, spec: Mapping, mesh: Mesh, rules=None) -> Any:
 
     def pick(keypath, leaf):
         names = _names(keypath)
-        shape = tuple(np.shape(leaf))
+        q = quant.is_quantized(leaf)  # a quantized weight: its integers and scales follow the weight's axes
+        shape = tuple(leaf.shape if q else np.shape(leaf))
         for start in range(max(0, len(names) - longest), len(names)):
             hit = index.get(names[start:])
             if hit is not None and hit[0].shape == shape:
-                return hit[1]
-        return rep
+                return quant.shardings({"w": leaf}, {"w": hit[0]}, mesh, rules)["w"] if q else hit[1]
+        return jax.tree.map(lambda _: rep, leaf) if q else rep
 
-    return jax.tree_util.tree_map_with_path(pick, tree)
+    return jax.tree_util.tree_map_with_path(pick, tree, is_leaf=quant.is_quantized)
 
 
 def _unmatched_large(tree: Any, shardings: Any, mesh: Mesh) -> list[str]:

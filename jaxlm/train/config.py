@@ -243,18 +243,26 @@ class LoRASettings:
     off while ``rank`` is 0. The base model is ``train.init_from``'s params (a fresh init without it) and stays
     frozen; checkpoints hold the adapters and their optimizer state only. ``targets``: regular expressions
     over projection paths (comma-separated on the command line), ``alpha``: the update is scaled by
-    ``alpha / rank``, ``dropout``: on the adapters' input."""
+    ``alpha / rank``, ``dropout``: on the adapters' input. ``quantize``: QLoRA (Dettmers et al. 2023): the
+    frozen base's matmul weights held as int8 (per output channel) or int4 (``quant_group`` values per
+    scale, 0 = 128) by :func:`jaxlm.nn.quant.quantize`, never as a float copy; "" keeps the base float."""
 
     rank: int = 0
     targets: str = "layers/attn/(q|v)"  # comma-separated regular expressions
     alpha: float = 16.0
     dropout: float = 0.0
+    quantize: str = ""
+    quant_group: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.targets, str):  # a sequence of patterns from Python
             object.__setattr__(self, "targets", ",".join(self.targets))
         if not _integer(self.rank) or self.rank < 0:
             raise C.ConfigError(f"finetune.lora.rank={self.rank!r} must be a positive integer (e.g. 8; 0 = off).")
+        C.check_choice("finetune.lora.quantize", self.quantize, ("", "int8", "int4"))
+        if not _integer(self.quant_group) or self.quant_group < 0 or (self.quant_group and self.quant_group % 2):
+            raise C.ConfigError(f"finetune.lora.quant_group={self.quant_group!r} must be an even integer >= 2 "
+                                f"(e.g. 64; 0 = the default, 128 for int4).")
         # LoRAConfig checks every field, naming the finetune.lora key (also while off: a bad value is an error)
         LoRAConfig(targets=self._patterns(), rank=self.rank or 1, alpha=self.alpha, dropout=self.dropout)
 

@@ -33,6 +33,7 @@ from jaxlm.fileio import RunDirLocked, RunLock, copy_atomic, private_tmp, write_
 from jaxlm.finetune import lora
 from jaxlm.finetune.lora import LoRAConfig
 from jaxlm.models import active_params, family_of
+from jaxlm.nn import quant
 from jaxlm.parallel import Parallel
 from jaxlm.train import config as C
 from jaxlm.train.checkpoint import CHECKPOINTS, Checkpointer, StructureMismatch, saved_steps
@@ -279,6 +280,15 @@ def lora_base(run: C.RunConfig, run_dir: str | Path | None = None) -> tuple[dict
     return params, {"run": rec["run"], "step": int(step)}, new
 
 
+def frozen_base(run: C.RunConfig, base: dict) -> dict:
+    """The frozen base as a LoRA run holds it: ``base``, or with ``finetune.lora.quantize`` (QLoRA) its matmul
+    weights quantized (:func:`jaxlm.nn.quant.quantize`; embeddings and norms stay float)."""
+    s = run.finetune.lora
+    if not s.quantize:
+        return base
+    return quant.quantize(base, family_of(run.model).spec(run.model), s.quantize, s.quant_group or None)
+
+
 def _lora_state(run: C.RunConfig, c: Compiled, key: jax.Array, run_dir: Path | None, say) -> tuple[TrainState, dict]:
     """A fresh LoRA state, placed: adapters (B = 0) plus the base's new parameters as ``params``, the rest of
     the base as ``frozen``; and the base's record (:func:`lora_base`)."""
@@ -286,13 +296,17 @@ def _lora_state(run: C.RunConfig, c: Compiled, key: jax.Array, run_dir: Path | N
     base, rec, new = lora_base(run, run_dir)
     fb = P.flatten(base)
     trainable = P.flatten(lora.init(jax.random.fold_in(key, 2), cfg, c.lora)) | {k: fb.pop(k) for k in new}
-    state = create_state(key, cfg, c.optimizer, params=P.unflatten(trainable), frozen=P.unflatten(fb))
+    frozen = frozen_base(run, P.unflatten(fb))
+    state = create_state(key, cfg, c.optimizer, params=P.unflatten(trainable), frozen=frozen)
     n_ad = sum(int(np.size(v)) for k, v in trainable.items() if lora.is_adapter(k))
     n_base = sum(int(np.size(v)) for v in fb.values())
     where = f"{rec['run']} (step {rec['step']})" if "run" in rec else f"a fresh init (seed {rec['seed']})"
+    q = run.finetune.lora.quantize
+    held = f"; base held as {q}: {quant.weight_bytes(frozen) / 2**20:.2f} MiB (float32 " \
+           f"{4 * n_base / 2**20:.2f} MiB)" if q else ""
     say(f"LoRA: rank {c.lora.rank} on {len(lora.targets(cfg, c.lora))} projections, {n_ad:,} adapter "
         f"parameters ({100 * n_ad / max(n_base, 1):.3f} % of the {n_base:,} frozen ones of {where})"
-        + (f"; trained in full: {new}" if new else ""))
+        + (f"; trained in full: {new}" if new else "") + held)
     return c.par.place_state(state), rec
 
 
@@ -368,8 +382,8 @@ def _with_reference(run: C.RunConfig, prep, c: Compiled, state, say, run_dir: Pa
     cfg, t = run.model, run.train
     if state is not None:
         ref = c.model_params(c.par.unreplicate(state))
-    elif c.lora is not None:  # zero adapters: the reference is the base
-        ref = lora_base(run, run_dir)[0]
+    elif c.lora is not None:  # zero adapters: the reference is the base, held as training holds it
+        ref = frozen_base(run, lora_base(run, run_dir)[0])
     else:
         fresh = family_of(cfg).init(jax.random.fold_in(jax.random.key(t.seed), 0), cfg)
         ref = merge_params(fresh, run_params(t.init_from, parse_step(t.init_step))[0], t.init_from)[0] \

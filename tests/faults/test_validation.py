@@ -41,6 +41,7 @@ BAD = [
     ("finetune.lora.rank=-2", "finetune.lora.rank=-2 must be a positive integer (e.g. 8; 0 = off)"),
     ("finetune.lora.alpha=0", "finetune.lora.alpha=0.0 must be a finite number > 0 (e.g. 16)"),
     ("finetune.lora.dropout=1", "finetune.lora.dropout=1.0 must be in [0, 1)"),
+    ("finetune.lora.quant_group=-4", "finetune.lora.quant_group=-4 must be an even integer >= 2"),
     ("train.min_lr_ratio=1.5", "train.min_lr_ratio=1.5 must be in [0, 1]"),
     ("train.min_lr_ratio=-0.1", "train.min_lr_ratio=-0.1 must be in [0, 1]"),
     ("train.b1=1", "train.b1=1.0 must be in [0, 1); Adam's decay rates are e.g. b1=0.9"),

@@ -183,3 +183,32 @@ def test_lora_target_that_matches_nothing_lists_the_paths(base_run, tmp_path):
         train(run, tmp_path / "bad", quiet=True)
     with pytest.raises(ConfigError, match="finetune.lora.rank=64 exceeds the smaller dimension"):
         train(_lora_run(base, base_dir, "finetune.lora.rank=64"), tmp_path / "bad2", quiet=True)
+
+
+class FrozenBytes(Hook):
+    """Records the frozen base's quantized leaves and bytes at the start."""
+
+    def on_start(self, loop) -> None:
+        from jaxlm.nn import quant
+
+        self.quantized = quant.describe(loop.state.frozen)
+        self.bytes = quant.weight_bytes(loop.state.frozen)
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_qlora_run_trains_adapters_over_a_quantized_frozen_base(base_run, tmp_path, step_cache, mode):
+    base, base_dir, base_out = base_run
+    run = _lora_run(base, base_dir, f"finetune.lora.quantize={mode}", "finetune.lora.quant_group=16")
+    hook = FrozenBytes()
+    out = train(run, tmp_path / mode, quiet=True, cache=step_cache, hooks=[hook])
+    # every matmul weight of the base is held quantized (the token table and norms stay float)
+    assert set(hook.quantized) == {f"layers/{p}/w" for p in ("attn/q", "attn/k", "attn/v", "attn/o",
+                                                             "mlp/wi_0", "mlp/wi_1", "mlp/wo")}
+    assert {d["bits"] for d in hook.quantized.values()} == {8 if mode == "int8" else 4}
+    float_bytes = 4 * P.count(pretrained.load(base_dir).params)
+    assert hook.bytes < (0.6 if mode == "int8" else 0.5) * float_bytes, (hook.bytes, float_bytes)
+    # the quantized base starts near the float base (its quantization error) and the adapters train
+    first, last = out["first_eval"]["eval_loss"], out["last_eval"]["eval_loss"]
+    assert abs(first - base_out["last_eval"]["eval_loss"]) < (0.02 if mode == "int8" else 0.2)
+    assert last < first
+    assert math.isfinite(pretrained.load(tmp_path / mode).params["layers"]["attn"]["q"]["w"].sum())

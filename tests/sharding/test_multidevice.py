@@ -229,12 +229,20 @@ def test_lora_adapters_shard_by_the_rules_and_train_the_same_on_8_devices():
 @pytest.mark.slow
 def test_jaxlm_train_lora_run_on_8_devices_equals_one_device(tmp_path):
     """finetune.lora through `jaxlm train`: on a 2 x 2 x 2 mesh the adapters are sharded by the rules (the
-    frozen base as without LoRA), and under pmap they are replicated; both give the one-device losses."""
-    res = run_worker("worker_lora_train.py", str(tmp_path / "8"), "data2_fsdp2_tensor2,pmap8", timeout=1200)
-    ref = run_worker("worker_lora_train.py", str(tmp_path / "1"), "single", devices=1)["single"]["losses"]
+    frozen base as without LoRA, also when it is int8: QLoRA), and under pmap they are replicated; every
+    layout gives the one-device losses."""
+    res = run_worker("worker_lora_train.py", str(tmp_path / "8"), "data2_fsdp2_tensor2,pmap8,data2_fsdp2_tensor2_int8",
+                     timeout=1200)
+    one = run_worker("worker_lora_train.py", str(tmp_path / "1"), "single,single_int8", devices=1)
+    ref = one["single"]["losses"]
     assert len(ref) == 4 and ref[-1] < ref[0]
     for name in ("data2_fsdp2_tensor2", "pmap8"):
         np.testing.assert_allclose(res[name]["losses"], ref, rtol=RTOL, err_msg=name)
+    # QLoRA: the int8 base's integers and scales are sharded by the weight's axes; same losses as one device
+    np.testing.assert_allclose(res["data2_fsdp2_tensor2_int8"]["losses"], one["single_int8"]["losses"], rtol=RTOL)
+    fz = res["data2_fsdp2_tensor2_int8"]["frozen"]
+    assert fz["layers/attn/q/w/q"][:3] == [None, "fsdp", "tensor"], fz["layers/attn/q/w/q"]
+    assert fz["layers/mlp/wo/w/q"][:3] == [None, "tensor", "fsdp"], fz["layers/mlp/wo/w/q"]
     s = {k: v[:max([i + 1 for i, a in enumerate(v) if a is not None], default=0)]
          for k, v in res["data2_fsdp2_tensor2"]["specs"].items()}
     assert set(s) == {f"{p}/{k}" for p in ("layers/attn/q", "layers/attn/o", "layers/mlp/wo")

@@ -19,22 +19,26 @@ from jaxlm.train.hooks import Hook  # noqa: E402
 from jaxlm.train.loop import train  # noqa: E402
 from tests.train.conftest import write_corpus  # noqa: E402
 
-LAYOUTS = {"single": ["mesh.data=1"], "data2_fsdp2_tensor2": ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"],
-           "pmap8": ["mesh.data=8", "mesh.parallel=pmap"]}
+MESH = ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]
+INT8 = ["finetune.lora.quantize=int8"]  # QLoRA: the frozen base's matmul weights int8
+LAYOUTS = {"single": ["mesh.data=1"], "data2_fsdp2_tensor2": MESH, "pmap8": ["mesh.data=8", "mesh.parallel=pmap"],
+           "single_int8": ["mesh.data=1", *INT8], "data2_fsdp2_tensor2_int8": [*MESH, *INT8]}
+
+
+def _specs(tree) -> dict:
+    out = {}
+    for kp, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        spec = getattr(leaf.sharding, "spec", None)
+        name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in kp)
+        out[name] = None if spec is None else [a if a is None or isinstance(a, str) else list(a) for a in spec]
+    return out
 
 
 class Specs(Hook):
-    """Records the PartitionSpec of every trained leaf at the first step."""
-
-    def __init__(self):
-        self.specs = {}
+    """Records the PartitionSpec of every trained leaf and of the frozen base's leaves at the first step."""
 
     def on_start(self, loop) -> None:
-        for kp, leaf in jax.tree_util.tree_flatten_with_path(loop.state.params)[0]:
-            spec = getattr(leaf.sharding, "spec", None)
-            name = "/".join(str(getattr(k, "key", k)) for k in kp)
-            self.specs[name] = None if spec is None else [a if a is None or isinstance(a, str) else list(a)
-                                                          for a in spec]
+        self.specs, self.frozen = _specs(loop.state.params), _specs(loop.state.frozen)
 
 
 def main() -> None:
@@ -56,7 +60,8 @@ def main() -> None:
         hook = Specs()
         train(run, tmp / name, quiet=True, hooks=[hook])
         rows = [__import__("json").loads(x) for x in (tmp / name / "metrics.jsonl").read_text().splitlines()]
-        out[name] = {"losses": [r["loss"] for r in rows if "loss" in r], "specs": hook.specs}
+        out[name] = {"losses": [r["loss"] for r in rows if "loss" in r], "specs": hook.specs,
+                     "frozen": hook.frozen}
     print_json(out)
 
 
