@@ -160,7 +160,6 @@ def main(argv=None) -> int:
         params = G.params_from_hf(model)
         spec = G.gpt2.spec(G.CFG)
         variants = {"float32": params, "int8": quant.quantize(params, spec, "int8", embed=True),
-                    "int8 out-major": quant.quantize(params, spec, "int8", embed=True, out_major=True),
                     "int4 g128": quant.quantize(params, spec, "int4", 128, embed=True)}
         bench("GPT-2-shaped 6x384", variants, G.CFG, model, G.CFG.vocab_size, args.batches, args.new,
               args.repeats, rows)
@@ -174,7 +173,6 @@ def main(argv=None) -> int:
         variants = {"float32": ref.params,
                     "GGUF Q4_1 kept": gguf.load(f, quantized=True).params,
                     "int8": quant.quantize(ref.params, spec, "int8", embed=True),
-                    "int8 out-major": quant.quantize(ref.params, spec, "int8", embed=True, out_major=True),
                     "int4 g64": quant.quantize(ref.params, spec, "int4", 64, embed=True)}
         bench("SmolLM2-135M", variants, ref.config, hf_llama(ref), ref.config.vocab_size, args.batches, args.new,
               args.repeats, rows)

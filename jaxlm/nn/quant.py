@@ -54,26 +54,14 @@ class QArray:
     bits: int = dataclasses.field(default=8, metadata={"static": True})
     group: int = dataclasses.field(default=0, metadata={"static": True})
     in_axes: tuple[int, ...] = dataclasses.field(default=(-2,), metadata={"static": True})  # negative, contiguous
-    # int8 only: ``q`` stored with the input axes last ([*lead, *out, *in], the contraction axis minor, as
-    # GGUF and llama.cpp store weights), which lets XLA:CPU fuse the int8 -> float convert into a batch-1
-    # matrix-vector product instead of writing a float copy first (benchmarks/quant_gemv.py)
-    out_major: bool = dataclasses.field(default=False, metadata={"static": True})
 
     @property
     def shape(self) -> tuple[int, ...]:
         """The float weight's shape."""
         s = list(self.q.shape)
-        if self.out_major:
-            s = [s[i] for i in _inverse(self._perm())]
         if self.bits == 4:
             s[self.in_axes[-1]] *= 2
         return tuple(s)
-
-    def _perm(self) -> list[int]:
-        """The transpose that takes the logical layout [*lead, *in, *out] to the out-major one [*lead, *out, *in]."""
-        n = self.ndim
-        i0, i1 = n + self.in_axes[0], n + self.in_axes[-1] + 1
-        return list(range(i0)) + list(range(i1, n)) + list(range(i0, i1))
 
     @property
     def ndim(self) -> int:
@@ -90,7 +78,7 @@ class QArray:
     def values(self) -> jax.Array:
         """The integer values in the weight's shape: int8 (bits 8) or uint8 0..15 (bits 4)."""
         if self.bits == 8:
-            return jnp.transpose(self.q, _inverse(self._perm())) if self.out_major else self.q
+            return self.q
         return unpack_int4(self.q, self.ndim + self.in_axes[-1])
 
     def dequantize(self, dtype=jnp.float32) -> jax.Array:
@@ -112,10 +100,6 @@ class QArray:
 
 def is_quantized(x: Any) -> bool:
     return isinstance(x, QArray)
-
-
-def _inverse(perm: Sequence[int]) -> list[int]:
-    return [int(i) for i in np.argsort(perm)]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -157,12 +141,11 @@ def _check_in_axes(shape: tuple[int, ...], in_axes: Sequence[int], what: str) ->
 
 
 def quantize_array(w, mode: str = "int8", group: int | None = None, in_axes: Sequence[int] = (-2,),
-                   what: str = "weight", out_major: bool = False) -> QArray:
+                   what: str = "weight") -> QArray:
     """A float weight -> :class:`QArray`, symmetric (absmax) scales.
 
     ``mode="int8"``: per output channel (one scale per output element over all input axes) unless ``group``
     is given; ``mode="int4"``: ``group`` values per scale (default 128) along the flattened ``in_axes``.
-    ``out_major`` (int8): store the integers with the input axes last (see :class:`QArray`).
     A group size that does not divide the input size, or a weight with no output axis, is a ValueError.
     """
     if mode not in MODES:
@@ -196,10 +179,7 @@ def quantize_array(w, mode: str = "int8", group: int | None = None, in_axes: Seq
         q = qv.astype(jnp.int8)
     else:
         q = pack_int4((qv + 8).astype(jnp.uint8), i1 - 1)
-    out = QArray(q=q, scale=scale.astype(jnp.float32), zero=None, bits=bits, group=g, in_axes=in_axes)
-    if out_major and bits == 8 and i1 < n:  # (input axes already last: nothing to move)
-        out = dataclasses.replace(out, q=jnp.transpose(q, out._perm()), out_major=True)
-    return out
+    return QArray(q=q, scale=scale.astype(jnp.float32), zero=None, bits=bits, group=g, in_axes=in_axes)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -228,8 +208,6 @@ def einsum(eq: str, x: jax.Array, w: QArray, dtype=None) -> jax.Array:
         i0, i1 = w._span()
         out_letters = wl[:i0] + wl[i1:]
         if len(wl) == w.ndim and set(out_letters) <= set(out):
-            if w.out_major:  # name the stored axes in their stored order
-                eq = f"{ins.split(',')[0]},{''.join(wl[i] for i in w._perm())}->{out}"
             y = jnp.einsum(eq, x, w.q.astype(dtype))
             return jnp.einsum(f"{out},{out_letters}->{out}", y, sc.astype(dtype))
     return jnp.einsum(eq, x, w.dequantize(dtype))
@@ -274,13 +252,12 @@ def weight_in_axes(path: str, p: P.Param) -> tuple[int, ...] | None:
 
 
 def quantize(params: Mapping, spec: Mapping, mode: str = "int8", group: int | None = None, *,
-             embed: bool = False, head: bool = False, out_major: bool = False) -> dict:
+             embed: bool = False, head: bool = False) -> dict:
     """Every matmul weight of ``params`` (a model's tree, described by ``spec = family.spec(cfg)``) as a
     :class:`QArray`: ``mode="int8"`` per output channel (``group`` optional), ``"int4"`` with ``group``
     (default 128) values per scale. ``embed``: also the token table (int8 per token row / int4 groups along
     D; with tied embeddings that is the output head too); ``head``: also an untied ``lm_head``. Norms, biases
-    and positions stay float. Already-quantized leaves are kept as they are. ``out_major``: int8 integers
-    stored with the input axes last (:class:`QArray`)."""
+    and positions stay float. Already-quantized leaves are kept as they are."""
     if mode not in MODES:
         raise ValueError(f"unknown quantization mode {mode!r}; choose one of {MODES}.")
     fs, fp = P.flatten(spec), P.flatten(params)
@@ -294,7 +271,7 @@ def quantize(params: Mapping, spec: Mapping, mode: str = "int8", group: int | No
             out[k] = v
             continue
         # int8 on the token table: per row (group = D) so a lookup reads one scale per token
-        out[k] = quantize_array(v, mode, group, ax, what=k, out_major=out_major)
+        out[k] = quantize_array(v, mode, group, ax, what=k)
     return P.unflatten(out)
 
 
@@ -312,8 +289,8 @@ def weight_bytes(params: Mapping) -> int:
 def describe(params: Mapping) -> dict[str, dict]:
     """``{path: {"bits", "group", "in_axes", "zero"}}`` for every quantized leaf (what a checkpoint stores
     beside the arrays to rebuild the QArrays)."""
-    return {k: {"bits": v.bits, "group": v.group, "in_axes": list(v.in_axes), "zero": v.zero is not None,
-                "out_major": v.out_major} for k, v in P.flatten(params).items() if isinstance(v, QArray)}
+    return {k: {"bits": v.bits, "group": v.group, "in_axes": list(v.in_axes), "zero": v.zero is not None}
+            for k, v in P.flatten(params).items() if isinstance(v, QArray)}
 
 
 def to_flat_arrays(params: Mapping) -> dict[str, Any]:
@@ -338,7 +315,7 @@ def from_flat_arrays(flat: Mapping[str, Any], layout: Mapping[str, Mapping]) -> 
         q, scale = flat.pop(f"{k}/q"), flat.pop(f"{k}/scale")
         zero = flat.pop(f"{k}/zero") if d.get("zero") else None
         out[k] = QArray(q=q, scale=scale, zero=zero, bits=int(d["bits"]), group=int(d["group"]),
-                        in_axes=tuple(int(a) for a in d["in_axes"]), out_major=bool(d.get("out_major", False)))
+                        in_axes=tuple(int(a) for a in d["in_axes"]))
     out.update(flat)
     return P.unflatten(out)
 
@@ -358,8 +335,7 @@ def logical_axes(params: Mapping, spec: Mapping) -> dict:
         i0, i1 = n + v.in_axes[0], n + v.in_axes[-1] + 1
         g_axis = axes[i0] if i1 - i0 == 1 else None
         s_axes = axes[:i0] + (g_axis,) + axes[i1:]
-        q_axes = tuple(axes[i] for i in v._perm()) if v.out_major else axes
-        out[k] = dataclasses.replace(v, q=q_axes, scale=s_axes, zero=None if v.zero is None else s_axes)
+        out[k] = dataclasses.replace(v, q=axes, scale=s_axes, zero=None if v.zero is None else s_axes)
     return P.unflatten(out)
 
 

@@ -173,36 +173,3 @@ def test_sharded_quantized_generation(mode, group):
     q, s = res["specs"]["q"], res["specs"]["scale"]  # [L, D, H, K] and [L, G, H, K]
     assert q[1] == "fsdp" and q[2] == "tensor", q
     assert s[2] == "tensor", s
-
-
-@pytest.mark.parametrize("name", ["llama-tiny", "gpt2-tiny", "gemma2-tiny"])
-def test_out_major_int8_computes_the_same_and_round_trips(name, tmp_path):
-    """int8 stored out-major (input axes last, for XLA:CPU's fused int8 matrix-vector product) gives the
-    same logits bit for bit as the default layout, the same float weights, the same logical shape, survives
-    the flat safetensors layout, and its integers carry the weight's logical axes in the stored order."""
-    mod, cfg = get(name)
-    params = mod.init(jax.random.key(0), cfg)
-    spec = mod.spec(cfg)
-    a = quant.quantize(params, spec, "int8", embed=True)
-    b = quant.quantize(params, spec, "int8", embed=True, out_major=True)
-    x = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 12)), jnp.int32)
-    la = np.asarray(mod.apply(a, x, cfg))
-    np.testing.assert_array_equal(la, np.asarray(mod.apply(b, x, cfg)))
-    moved = 0
-    for k, v in P.flatten(b).items():
-        if not quant.is_quantized(v):
-            continue
-        w = P.flatten(a)[k]
-        assert v.shape == w.shape and np.shape(v) == np.shape(w)
-        np.testing.assert_array_equal(np.asarray(v.dequantize()), np.asarray(w.dequantize()))
-        if v.out_major:
-            moved += 1
-            n = w.ndim
-            assert v.q.shape[n + w.in_axes[0]:] != w.q.shape[n + w.in_axes[0]:]  # really stored transposed
-    assert moved >= 4
-    back = quant.from_flat_arrays(quant.to_flat_arrays(b), quant.describe(b))
-    np.testing.assert_array_equal(la, np.asarray(mod.apply(back, x, cfg)))
-    axes = P.flatten(quant.logical_axes(b, spec))
-    q_axes = axes["layers/attn/q/w"].q
-    want = spec["layers"]["attn"]["q"]["w"].axes
-    assert q_axes[-1] == want[1] and set(q_axes) == set(want)  # the input axis (embed) is stored last
