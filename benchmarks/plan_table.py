@@ -19,8 +19,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SEQ = {"gpt2-124m": 1024, "gpt2-355m": 1024, "gpt2-774m": 1024, "gpt2-1.5b": 1024, "llama2-7b": 4096}
-PRESETS = ("gpt2-124m", "gpt2-355m", "gpt2-774m", "gpt2-1.5b", "llama2-7b")
+SEQ = {"gpt2-124m": 1024, "gpt2-355m": 1024, "gpt2-774m": 1024, "gpt2-1.5b": 1024, "llama2-7b": 4096,
+       "llama3.1-8b": 4096, "mixtral-8x7b": 4096, "gpt3-175b": 2048}
+PRESETS = ("gpt2-124m", "gpt2-355m", "gpt2-774m", "gpt2-1.5b", "llama2-7b", "llama3.1-8b", "mixtral-8x7b",
+           "gpt3-175b")
 TOPOLOGIES = ("v5e-16", "v5p-128", "v5e-256")
 CHIPS = {"v5e-16": 16, "v5p-128": 64, "v5e-256": 256}
 
