@@ -190,6 +190,10 @@ def devices(topo: Topology) -> list:
 # --- the run as it would train ------------------------------------------------------------------------
 def _run_for(run: C.RunConfig, topo: Topology) -> C.RunConfig:
     """``run`` resolved, with a ``-1`` mesh size filled from the topology and the product checked."""
+    if run.finetune.lora.enabled:  # its state and gradients cover the adapters only: a different step
+        raise ConfigError("jaxlm plan models full training; a finetune.lora run (adapters over a frozen base) is "
+                          "not planned yet. Drop the finetune.lora.* settings for an upper bound (full "
+                          "fine-tuning needs more memory than LoRA).")
     run = C.resolve(run)
     m = run.mesh
     sizes = {a: getattr(m, a) for a in mesh_axes(m)}

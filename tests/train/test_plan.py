@@ -61,6 +61,14 @@ def test_mesh_must_use_every_chip():
     assert (p.run.mesh.data, p.run.mesh.fsdp) == (8, 2)
 
 
+def test_a_lora_run_is_refused_not_planned_as_full_training():
+    """The planner models the full train step; a LoRA run's state covers the adapters only, so a plan of it
+    would report full fine-tuning's memory under the LoRA run's name."""
+    run = C.apply_overrides(_run("llama-tiny"), ["finetune.lora.rank=4"])
+    with pytest.raises(ConfigError, match="a finetune.lora run .* is not planned yet. Drop the finetune.lora"):
+        PL.estimate(run, PL.parse_topology("v5e-16"))
+
+
 def test_missing_libtpu_is_one_clear_error(monkeypatch, capsys):
     monkeypatch.setattr(PL, "has_libtpu", lambda: False)
     assert cmd.main(["gpt2-tiny", "--topology", "v5e-16"]) == 2
