@@ -9,7 +9,6 @@ import json
 import math
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ from jaxlm.train.checkpoint import CHECKPOINTS
 from jaxlm.train.hooks import Hook
 from jaxlm.train.loop import train
 from jaxlm.train.setup import LORA_BASE_FILE
-from tests.train.conftest import write_corpus
+from tests.train.conftest import write_corpus, write_sentiment_tsv
 
 MODEL = llama.Config(vocab_size=64, max_len=32, d_model=32, n_heads=2, n_kv_heads=1, n_layers=2, d_ff=64)
 FAST = dict(batch_size=8, lr=3e-3, warmup_steps=0, log_every=1, eval_every=0, eval_batches=2, progress=False,
@@ -124,7 +123,8 @@ def test_lora_run_trains_only_adapters_saves_only_adapters_and_resumes_exactly(b
 
 
 def test_generate_eval_and_convert_read_a_lora_run(base_run, tmp_path, step_cache, capsys):
-    from jaxlm.commands import convert, eval as eval_cmd, generate
+    from jaxlm.commands import convert, generate
+    from jaxlm.commands import eval as eval_cmd
 
     base, base_dir, _ = base_run
     run = _lora_run(base, base_dir)
@@ -217,17 +217,7 @@ def test_qlora_run_trains_adapters_over_a_quantized_frozen_base(base_run, tmp_pa
 def test_lora_classification_trains_the_new_head_in_full(tmp_path, step_cache):
     """BERT sentence classification as a LoRA run over an MLM base: the classifier head the base lacks is
     trained in full next to the adapters and saved with them; the frozen encoder weights are the base's."""
-    import numpy as np
-
-    corpus = tmp_path / "sst.tsv"
-    rng = np.random.default_rng(0)
-    pos, neg = "good great fine lovely superb".split(), "bad awful poor dull terrible".split()
-    lines = ["sentence\tlabel"]
-    for _ in range(300):
-        y = int(rng.integers(0, 2))
-        words = list(rng.choice(pos if y else neg, 4)) + list(rng.choice(["the", "a", "film", "plot"], 3))
-        lines.append(" ".join(rng.permutation(words)) + f"\t{y}")
-    corpus.write_text("\n".join(lines) + "\n")
+    corpus = write_sentiment_tsv(tmp_path / "sst.tsv")
     common = ["model.preset=bert-tiny", f"data.path={corpus}", "data.seq_len=32", "train.batch_size=16",
               "train.log_every=5", "train.eval_batches=2", "train.progress=false", "train.tensorboard=false",
               "train.plot=false", "train.checkpoint_every=0"]

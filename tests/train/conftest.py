@@ -23,6 +23,20 @@ def write_corpus(path: Path, n_words: int = 6000, seed: int = 0) -> Path:
     return path
 
 
+def write_sentiment_tsv(path: Path, n: int = 300, seed: int = 0) -> Path:
+    """An SST-2-shaped tsv (``sentence``, ``label``) whose words give the label away: 4 sentiment words (good
+    ... / bad ...) and 3 neutral ones per sentence, shuffled."""
+    rng = np.random.default_rng(seed)
+    pos, neg = "good great fine lovely superb".split(), "bad awful poor dull terrible".split()
+    lines = ["sentence\tlabel"]
+    for _ in range(n):
+        y = int(rng.integers(0, 2))
+        words = list(rng.choice(pos if y else neg, 4)) + list(rng.choice(["the", "a", "film", "plot"], 3))
+        lines.append(" ".join(rng.permutation(words)) + f"\t{y}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 EXPERIMENT = '''
 from jaxlm.models import gpt2
 from jaxlm.train.config import DataConfig, RunConfig, TrainConfig

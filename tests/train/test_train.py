@@ -16,6 +16,7 @@ from jaxlm.models import get
 from jaxlm.train import config as C
 from jaxlm.train import optim, state, step, tasks
 from jaxlm.train.loop import TrainingError, train
+from tests.train.conftest import write_sentiment_tsv
 
 
 def test_decay_mask_excludes_biases_and_norms():
@@ -238,15 +239,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_
 
 @pytest.mark.slow
 def test_bert_mlm_then_finetune_from_its_params(tmp_path: Path, step_cache):
-    corpus = tmp_path / "sst.tsv"
-    rng = np.random.default_rng(0)
-    pos, neg = "good great fine lovely superb".split(), "bad awful poor dull terrible".split()
-    lines = ["sentence\tlabel"]
-    for _ in range(300):
-        y = int(rng.integers(0, 2))
-        words = list(rng.choice(pos if y else neg, 4)) + list(rng.choice(["the", "a", "film", "plot"], 3))
-        lines.append(" ".join(rng.permutation(words)) + f"\t{y}")
-    corpus.write_text("\n".join(lines) + "\n")
+    corpus = write_sentiment_tsv(tmp_path / "sst.tsv")
     common = ["model.preset=bert-tiny", f"data.path={corpus}", "data.seq_len=32", "train.batch_size=16",
               "train.log_every=5", "train.eval_batches=2", "train.progress=false", "train.tensorboard=false",
               "train.plot=false"]
