@@ -63,13 +63,12 @@ def main(argv: list[str]) -> int:
 
 def _export_adapters(loaded, src: str, out: Path) -> int:
     """A LoRA run's adapters as a PEFT adapter directory for the base model's Hugging Face export."""
+    from jaxlm import params as P
     from jaxlm.finetune import lora, peft
 
     if "adapters" not in loaded.extra:
         raise ValueError(f"{src} holds no LoRA adapters (a run trained with finetune.lora.rank=N has them); drop "
                          f"--adapters to export the model itself.")
-    from jaxlm import params as P
-
     full = sorted(k for k in P.flatten(loaded.extra["adapters"]) if not lora.is_adapter(k))
     if full:
         raise ValueError(f"{src} also trains {full} in full, which a PEFT LoRA directory does not hold; drop "

@@ -330,7 +330,7 @@ def _first_state(run: C.RunConfig, c: Compiled, ckpt: Checkpointer, say,
     if c.lora is not None:
         resuming = bool(ckpt.steps())
         fresh, rec = _lora_state(run, c, key, ckpt.run_dir if resuming else None, say)
-        if jax.process_index() == 0:
+        if jax.process_index() == 0 and not resuming:  # a resumed run read it
             write_text_atomic(ckpt.run_dir / LORA_BASE_FILE, json.dumps(rec) + "\n")
         plain_like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), fresh)
     else:
@@ -372,18 +372,19 @@ def _first_state(run: C.RunConfig, c: Compiled, ckpt: Checkpointer, say,
     return c.init_state(key, cfg), 0, None, None
 
 
-def _with_reference(run: C.RunConfig, prep, c: Compiled, state, say, run_dir: Path):
+def _with_reference(run: C.RunConfig, prep, c: Compiled, state, resumed: bool, say):
     """``prep`` with the DPO reference's summed log-probs (``ref_chosen_logps`` / ``ref_rejected_logps``)
     added to its train and eval arrays. The reference is the run's starting model: the first state's params,
-    or for a resumed run the same params rebuilt (``train.init_from``'s, or the seed's fresh init)."""
+    for a resumed LoRA run its frozen base, for another resumed run the same params rebuilt
+    (``train.init_from``'s, or the seed's fresh init)."""
     from jaxlm.data.packing import ArrayData
     from jaxlm.finetune import dpo
 
     cfg, t = run.model, run.train
-    if state is not None:
+    if not resumed:
         ref = c.model_params(c.par.unreplicate(state))
-    elif c.lora is not None:  # zero adapters: the reference is the base, held as training holds it
-        ref = frozen_base(run, lora_base(run, run_dir)[0])
+    elif c.lora is not None:  # the base the adapters started from at zero
+        ref = c.par.unreplicate(state).frozen
     else:
         fresh = family_of(cfg).init(jax.random.fold_in(jax.random.key(t.seed), 0), cfg)
         ref = merge_params(fresh, run_params(t.init_from, parse_step(t.init_step))[0], t.init_from)[0] \
@@ -462,7 +463,7 @@ def _setup(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False,
         ckpt.close()
         raise
     if t.task == "dpo":  # the frozen reference is the model the run starts from; its log-probs once, up front
-        prep = _with_reference(run, prep, c, state if resumed_from is None else None, say, run_dir)
+        prep = _with_reference(run, prep, c, state, resumed_from is not None, say)
     if resumed_from is not None and hasattr(prep.train, "load_state_dict"):
         _resume_stream(prep.train, ckpt, run_dir, resumed_from)
     if main:  # only now: a refused resume leaves the run directory's config.json as it was

@@ -51,8 +51,9 @@ def make_train_step(task, model_cfg, optimizer: optax.GradientTransformation, *,
     check_ids = check_ids and model_cfg is not None and bool(TOKEN_KEYS.get(getattr(task, "name", None)))
 
     def objective(params, frozen, batch, key):
-        if lora is not None:  # the adapters' dropout gets its own key; the task's stays as without LoRA
-            k_drop, key = (None, None) if key is None else jax.random.split(key)
+        if lora is not None:  # the adapters' dropout gets its own key, off where the task's dropout is off
+            k_drop, key = jax.random.split(key)
+            k_drop = task.dropout_key(k_drop, True) if hasattr(task, "dropout_key") else k_drop
             params = lora_combine(frozen, params, lora, k_drop)
         sums = task(params, batch, key, model_cfg, True)
         total = sums["weight"] if grad_axis_name is None else lax.psum(sums["weight"], grad_axis_name)
