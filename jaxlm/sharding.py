@@ -259,6 +259,16 @@ def gathered(w: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     return constrain(w, tuple(None if a == "embed" else a for a in axes))
 
 
+def local_spec(x: jax.Array, axes: Sequence[str | None]) -> tuple[Mesh, PartitionSpec] | None:
+    """(mesh in use, the PartitionSpec ``constrain`` would give ``x`` by its logical ``axes``), or None outside
+    :func:`use_mesh` or on one device: what code that runs per shard (``jax.shard_map``) needs to know."""
+    ctx = _CONTEXT.get()
+    if ctx is None or ctx[0].size == 1:
+        return None
+    mesh, rules = ctx
+    return mesh, logical_to_pspec(axes, mesh, rules, x.shape)
+
+
 def current_mesh() -> Mesh | None:
     ctx = _CONTEXT.get()
     return None if ctx is None else ctx[0]
@@ -283,6 +293,6 @@ def axis_size(logical: str) -> int:
 
 __all__ = [
     "MESH_AXES", "RULES", "make_mesh", "mesh_shape", "logical_to_pspec", "param_pspecs", "param_shardings",
-    "replicated", "batch_sharding", "sharding_report", "use_mesh", "constrain", "gathered", "current_mesh",
+    "replicated", "batch_sharding", "sharding_report", "use_mesh", "constrain", "gathered", "local_spec", "current_mesh",
     "axis_size",
 ]

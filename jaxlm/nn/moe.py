@@ -46,7 +46,9 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
+from jaxlm import sharding
 from jaxlm.config import ConfigError, check_choice
 from jaxlm.nn import ffn, linear
 from jaxlm.params import Param
@@ -193,6 +195,84 @@ def _batched(pe: dict, xb: jax.Array, c: MoEConfig, key) -> jax.Array:
     return jnp.einsum("ECF,EFD->ECD", h, pe["wo"]["w"].astype(dt))
 
 
+def _sorted_pairs(pe: dict, xf: jax.Array, w: jax.Array, idx: jax.Array, c: MoEConfig, key, *,
+                  run=None) -> jax.Array:
+    """Tokens ``xf`` [N, D] with top-k weights/ids [N, k] -> sum_j w_j FFN_{i_j}(x) [N, D]: the N * k
+    (token, expert) pairs sorted by expert, one grouped matmul per weight (``run(pe, rows, group_sizes,
+    key)``, default :func:`_dropless`), scattered back."""
+    N, D = xf.shape
+    k = idx.shape[-1]
+    flat_e = idx.reshape(-1)  # [N * k], pair m = (token m // k, choice m % k)
+    order = jnp.argsort(flat_e, stable=True)  # pairs grouped by expert
+    tok = order // k
+    group_sizes = jnp.zeros((c.n_experts,), jnp.int32).at[flat_e].add(1)
+    if run is None:
+        ys = _dropless(pe, xf[tok], group_sizes, c, key)  # [N * k, D]
+    else:
+        ys = run(pe, xf[tok], group_sizes, key)
+    ys = ys * w.reshape(-1)[order][:, None].astype(ys.dtype)
+    return jnp.zeros((N, D), ys.dtype).at[tok].add(ys)
+
+
+def _names(entry) -> tuple[str, ...]:
+    """The mesh axis names of one PartitionSpec entry (None, a name, or a tuple of names)."""
+    return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def _dropless_dispatch(pe: dict, x: jax.Array, w: jax.Array, idx: jax.Array, c: MoEConfig, key) -> jax.Array:
+    """``x`` [B, T, D], top-k weights/ids [B, T, k] -> [B, T, D] through the experts, dropless.
+
+    On a mesh the sort runs per shard of tokens (``jax.shard_map`` over the batch/sequence split): a sort
+    over the global token dimension cannot be partitioned, so XLA would gather every device's tokens and
+    run the whole batch's experts on each device (the per-device step grew with the data-parallel size).
+    Each shard all-gathers one layer's experts in the compute dtype, as FSDP does for a dense layer's
+    weights, and the gathered copy is not kept for the backward pass (gathered again there, as XLA does for
+    FSDP matmuls); the transpose of the gather reduce-scatters the experts' gradients."""
+    B, T, D = x.shape
+    placed = sharding.local_spec(x, ("batch", "seq", None))
+    if placed is None or all(a is None for a in placed[1]):
+        return _sorted_pairs(pe, x.reshape(B * T, D), w.reshape(B * T, -1), idx.reshape(B * T, -1), c,
+                             key).reshape(B, T, D)
+    mesh, spec = placed
+    dt = jnp.dtype(c.dtype)
+    axes = {name: ("experts", *p["w"].axes) for name, p in ffn.spec(c.expert_cfg).items()}
+    pe = {name: {"w": pe[name]["w"].astype(dt)} for name in axes}
+    w_specs = {name: {"w": sharding.local_spec(pe[name]["w"], axes[name])[1]} for name in axes}
+    split = tuple(a for s in spec for a in _names(s))
+
+    # the experts' hidden dimension stays split over ``tensor`` (each shard computes its slice of every
+    # expert's hidden units, Megatron-style, and the partial outputs are summed); the rest is gathered
+    mlp = {name: [i for i, a in enumerate(axes[name]) if a == "mlp"] for name in axes}
+    tp = tuple(a for i in mlp["wo"] for a in _names(w_specs["wo"]["w"][i]))
+
+    def gather(name: str, a: jax.Array) -> jax.Array:
+        for dim, names in enumerate(w_specs[name]["w"]):
+            if names is not None and dim not in mlp[name]:
+                a = jax.lax.all_gather(a, names, axis=dim, tiled=True)
+        return a
+
+    def experts(pe, xs, group_sizes, key):
+        full = {name: {"w": gather(name, pe[name]["w"])} for name in pe}
+        return _dropless(checkpoint_name(full, "moe_gathered_experts"), xs, group_sizes, c, key)
+
+    experts = jax.checkpoint(experts, policy=jax.checkpoint_policies.save_anything_except_these_names(
+        "moe_gathered_experts"))
+
+    def local(pe, x, w, idx, key):
+        b, t, _ = x.shape
+        if key is not None:  # a different dropout draw per shard of tokens and of hidden units
+            key = jax.random.fold_in(key, jax.lax.axis_index(split + tp))
+        y = _sorted_pairs(pe, x.reshape(b * t, D), w.reshape(b * t, -1), idx.reshape(b * t, -1), c, key,
+                          run=experts)
+        if tp:
+            y = jax.lax.psum(y, tp)
+        return y.reshape(b, t, D)
+
+    rep = jax.sharding.PartitionSpec()
+    specs = (w_specs, spec, spec, spec, None if key is None else rep)
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=spec)(pe, x, w, idx, key)
+
+
 def apply(p: dict, x: jax.Array, cfg, *, key: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """``x`` [B, T, D] -> (y [B, T, D], aux) with aux ``load`` [E], ``prob`` [E], ``z_loss`` and
     ``dropped`` (scalars); see the module docstring."""
@@ -204,13 +284,7 @@ def apply(p: dict, x: jax.Array, cfg, *, key: jax.Array | None = None) -> tuple[
     logits, w, idx = route(p["router"], xf, c)  # [N, E], [N, k], [N, k]
     aux = router_stats(logits, idx, E)
     if c.dispatch == "dropless":
-        flat_e = idx.reshape(-1)  # [N * k], pair m = (token m // k, choice m % k)
-        order = jnp.argsort(flat_e, stable=True)  # pairs grouped by expert
-        tok = order // k
-        group_sizes = jnp.zeros((E,), jnp.int32).at[flat_e].add(1)
-        ys = _dropless(p["experts"], xf[tok], group_sizes, c, key)  # [N * k, D]
-        ys = ys * w.reshape(-1)[order][:, None].astype(ys.dtype)
-        y = jnp.zeros((N, D), ys.dtype).at[tok].add(ys)
+        y = _dropless_dispatch(p["experts"], x, w.reshape(B, T, k), idx.reshape(B, T, k), c, key).reshape(N, D)
         aux["dropped"] = jnp.zeros((), jnp.int32)
         aux["dropped_frac"] = jnp.zeros((), jnp.float32)
     else:
