@@ -34,8 +34,9 @@ combines the layers and the training task adds it with the config's weight (:fun
 Expert parallelism: expert weights carry the logical axis ``"experts"`` on their leading dimension, which
 :data:`jaxlm.sharding.RULES` maps to the ``fsdp`` mesh axis: the experts are most of an MoE model's
 parameters and the fsdp axis is the one that splits parameter memory, so each fsdp shard holds E / fsdp
-whole experts (rather than a slice of every expert); XLA moves the routed tokens to them. The router stays
-replicated (it is [D, E], tiny, and every token needs all of it).
+whole experts (rather than a slice of every expert). The router stays replicated (it is [D, E], tiny, and
+every token needs all of it). On a mesh the dropless dispatch runs per shard of tokens
+(:func:`_dropless_dispatch`): each shard gathers one layer's experts, as FSDP does for dense weights.
 """
 
 from __future__ import annotations

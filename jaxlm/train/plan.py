@@ -459,6 +459,11 @@ def activation_bytes(run: C.RunConfig) -> dict:
     xd = b * Tl * D * a
     ffn = b * Tl * Ft * a
     masks = (2 * b * Tl * D) if drop else 0
+    E, k = getattr(cfg, "n_experts", 0) or 0, getattr(cfg, "top_k", 1) or 1
+    if E:  # routed experts: every token's hidden activations top_k times, plus the dispatch itself
+        ffn = k * ffn  # ... through k experts each
+        # router logits/probabilities [N, E] f32, the k sorted copies of the tokens and of their outputs
+        masks += b * Tl * E * 4 * 2 + 2 * k * xd
     per_layer = {
         "none": 6 * xd + qkv + att_out + tt + nF * ffn + masks + b * Tl * D * 4 * 2,
         "dots": 3 * xd + qkv + att_out + (0 if flash else b * Ht * Tl * S * a) + (nF - 1) * ffn,
@@ -512,6 +517,12 @@ def estimate(run: C.RunConfig, topo: Topology, *, utilisation: float = 0.5) -> P
     layers = cfg.n_layers + getattr(cfg, "dec_layers", 0)
     fs = ms.get("fsdp", 1) * ms.get("context", 1)
     gathered = p_bytes * fs / max(layers, 1) if fs > 1 else 0  # one layer's weights, gathered
+    if getattr(cfg, "n_experts", 0) and ms.get("data", 1) * fs > 1:
+        # the MoE dispatch runs per shard of tokens: one layer's experts all-gathered in the compute dtype
+        # (their hidden dimension stays split over tensor), in the forward and again in the backward
+        n_mats = 3 if cfg.activation in ("swiglu", "geglu", "geglu_tanh") else 2
+        one_layer = cfg.n_experts * n_mats * cfg.d_model * cfg.d_ff * np.dtype(cfg.dtype).itemsize
+        gathered += 2 * one_layer / ms.get("tensor", 1)
     temps = grads + acts["kept"] + acts["one_layer"] + acts["loss"] + acts["mask"] + int(gathered)
     model_f, hw_f = flops(run)
     total = p_bytes + o_bytes + temps + batch_bytes
