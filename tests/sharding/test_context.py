@@ -19,7 +19,8 @@ from jaxlm.train import config as C  # noqa: E402
 
 
 @pytest.mark.multidevice
-@pytest.mark.parametrize("model", ["llama-tiny", pytest.param("gpt2-tiny", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("model", ["llama-tiny", pytest.param("gpt2-tiny", marks=pytest.mark.slow),
+                                   pytest.param("mixtral-tiny", marks=pytest.mark.slow)])
 def test_context_parallel_losses_equal_one_device(model):
     res = run_worker("worker_context.py", model)
     ref = np.array(res["single"]["losses"])
