@@ -58,7 +58,7 @@ class ModelConfig:
     init: str = "normal"  # "normal" (init_std) or "xavier"
     init_std: float = 0.02
     scale_residual_init: bool = False  # GPT-2: output projections scaled by 1/sqrt(2 * n_layers)
-    attn_impl: str = "reference"
+    attn_impl: str = "auto"  # by platform: reference on CPU, flash on TPU, cuDNN on GPU (nn/attention.py)
     remat: str = "none"
     scan_layers: bool = True
     pad_id: int = 0

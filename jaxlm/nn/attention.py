@@ -17,6 +17,11 @@ Implementations (``AttentionConfig.impl``), tested equal:
   probabilities for the backward pass (recomputes them from the row log-sum-exp).
   These do not implement dropout on probabilities or return weights; when either is asked for, the
   reference path runs instead.
+- ``"auto"`` (the models' default): chosen by the platform the step is traced for (:func:`resolve_impl`):
+  ``"reference"`` on CPU (the fastest measured there; benchmarks/RESULTS.md "Training"), ``"flash"`` on TPU
+  (no [T, S] tensor kept for the backward pass: the TPU compiler's memory analysis of a llama2-7b step,
+  RESULTS.md), ``"cudnn"`` on GPU for bfloat16/float16 with head_dim <= 128 (cuDNN's fused attention),
+  else ``"flash"``.
 
 Every function takes an :class:`AttentionConfig` (or any config with an ``attn_cfg`` property that returns
 one, such as a model Config), so the block can be built and tested on its own.
@@ -52,11 +57,12 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from jaxlm import sharding
 from jaxlm.nn import context as context_parallel
 from jaxlm.nn import flash, linear
 from jaxlm.nn import positions as pos_enc
 
-IMPLS = ("reference", "xla", "cudnn", "flash")
+IMPLS = ("auto", "reference", "xla", "cudnn", "flash")
 _NEG = -1e30  # finite, so fully-masked rows give a uniform (not NaN) distribution
 
 
@@ -82,7 +88,7 @@ class AttentionConfig:
     rope_high_freq_factor: float = 4.0
     rope_original_max_len: int = 8192
     dropout: float = 0.0  # on attention probabilities
-    impl: str = "reference"
+    impl: str = "auto"
     scale: float | None = None  # multiplies q.k; None = head_dim ** -0.5
     softcap: float | None = None  # scores -> softcap * tanh(scores / softcap) (Gemma 2)
     qkv_bias: bool | None = None  # bias on q/k/v; None = use_bias (the output projection follows use_bias)
@@ -164,6 +170,29 @@ def softmax_attention(
     return jnp.einsum(out_eq, p, v), probs
 
 
+def platform() -> str:
+    """The platform the code is traced for: the devices of the mesh in use (a TPU slice planned from a CPU
+    host traces for TPU), else JAX's default backend. ``"cpu"``, ``"gpu"`` or ``"tpu"``."""
+    mesh = sharding.current_mesh()
+    devices = getattr(mesh, "devices", None)
+    name = devices.flat[0].platform if devices is not None and devices.size else jax.default_backend()
+    return "gpu" if name in ("gpu", "cuda", "rocm") else name
+
+
+def resolve_impl(impl: str, dtype, head_dim: int, on: str | None = None) -> str:
+    """``impl`` itself, or for ``"auto"`` the implementation for platform ``on`` (default
+    :func:`platform`): see the module docstring."""
+    if impl != "auto":
+        return impl
+    on = on or platform()
+    if on == "tpu":
+        return "flash"
+    if on == "gpu":
+        half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+        return "cudnn" if half and head_dim <= 128 and head_dim % 8 == 0 else "flash"
+    return "reference"
+
+
 def dot_product_attention(
     q: jax.Array,
     k: jax.Array,
@@ -171,7 +200,7 @@ def dot_product_attention(
     *,
     mask: jax.Array | None = None,
     bias: jax.Array | None = None,
-    impl: str = "reference",
+    impl: str = "auto",
     dropout_rate: float = 0.0,
     key: jax.Array | None = None,
     return_weights: bool = False,
@@ -189,6 +218,7 @@ def dot_product_attention(
     if H % G:
         raise ValueError(f"{H} query heads cannot be grouped over {G} key/value heads.")
     use_dropout = dropout_rate > 0.0 and key is not None
+    impl = resolve_impl(impl, q.dtype, K)
     if impl in ("xla", "cudnn") and not use_dropout and not return_weights and softcap is None:
         out = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, implementation=impl)
         return out, None

@@ -42,6 +42,7 @@ from jaxlm import params as P
 from jaxlm import sharding
 from jaxlm.config import ConfigError
 from jaxlm.models import family_of
+from jaxlm.nn import attention
 from jaxlm.train import config as C
 
 GiB = 2**30
@@ -415,7 +416,7 @@ def _mesh_sizes(run: C.RunConfig) -> dict[str, int]:
     return {a: int(getattr(run.mesh, a)) for a in mesh_axes(run.mesh)}
 
 
-def activation_bytes(run: C.RunConfig) -> dict:
+def activation_bytes(run: C.RunConfig, platform: str = "cpu") -> dict:
     """Per-device bytes of the activations the backward pass keeps, by remat policy, plus the working set
     of one layer's backward pass and of the loss. A count of tensors, not a measurement:
 
@@ -450,7 +451,8 @@ def activation_bytes(run: C.RunConfig) -> dict:
     nF = 3 if gated else 2
     drop = cfg.dropout > 0 and t.dropout
     attn_drop = cfg.attn_dropout > 0 and t.dropout
-    flash = cfg.attn_impl == "flash" and not attn_drop
+    # attention that keeps no [T, S] tensor for the backward pass ("auto" resolved for the platform planned)
+    flash = attention.resolve_impl(cfg.attn_impl, cfg.dtype, K, on=platform) in ("flash", "cudnn") and not attn_drop
     # [T, S] attention tensors per layer: scores + probs (f32) + probs in compute dtype (+ dropout mask)
     S = T  # keys per device: the whole sequence (ring attention streams them, all-gather holds them)
     tt = 0 if flash else b * Ht * Tl * S * (4 + 4 + a + (1 + a if attn_drop else 0))
@@ -509,7 +511,7 @@ def estimate(run: C.RunConfig, topo: Topology, *, utilisation: float = 0.5) -> P
                       train=dataclasses.replace(t, batch_size=2, grad_accum=min(t.grad_accum, 2)))
     p_bytes, o_bytes = _state_bytes(key)
     batch_bytes = _batch_bytes(run)
-    acts = activation_bytes(run)
+    acts = activation_bytes(run, "cpu" if topo.chip is None else "tpu")
     grads = p_bytes  # one gradient per parameter, sharded like it (reduce-scattered)
     # FSDP / tensor parallelism: a layer's weights are gathered whole (per tensor shard) for its matmuls
     ms = _mesh_sizes(run)

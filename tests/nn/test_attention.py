@@ -199,3 +199,32 @@ def test_dropout_only_with_a_key():
     # a non-reference implementation falls back to the reference path when dropout is asked for
     f, _ = attention.apply(p, x, cfg.replace(attn_impl="xla"), key=jax.random.key(0))
     np.testing.assert_allclose(f, c, atol=1e-6)
+
+
+def test_auto_attention_is_chosen_by_the_platform_traced_for():
+    """``attn_impl="auto"``: reference on CPU, flash on TPU (no [T, S] tensor kept), cuDNN on GPU in half
+    precision with head_dim <= 128 (its fused kernel's limits), flash otherwise; explicit choices stay."""
+    r = attention.resolve_impl
+    assert r("auto", jnp.float32, 64, on="cpu") == "reference"
+    assert r("auto", jnp.bfloat16, 128, on="tpu") == "flash"
+    assert r("auto", jnp.bfloat16, 128, on="gpu") == "cudnn"
+    assert r("auto", jnp.float16, 64, on="gpu") == "cudnn"
+    assert r("auto", jnp.float32, 64, on="gpu") == "flash"
+    assert r("auto", jnp.bfloat16, 256, on="gpu") == "flash"
+    assert r("xla", jnp.float32, 64, on="tpu") == "xla"
+    assert attention.platform() == jax.default_backend() == "cpu"  # no mesh in use: the default backend
+    from jaxlm import sharding
+    with sharding.use_mesh(sharding.make_mesh(devices=jax.devices()[:1])):
+        assert attention.platform() == "cpu"
+
+
+def test_auto_attention_keeps_no_scores_in_the_tpu_plan():
+    """The planner resolves "auto" for the platform it plans: the [T, S] scores counted on CPU are gone on
+    TPU (flash), as with attn_impl="flash"."""
+    from jaxlm.train import config as C
+    from jaxlm.train import plan as PL
+
+    run = C.resolve(C.apply_overrides(C.RunConfig(model="llama-tiny"), {"data.seq_len": "128"}))
+    cpu, tpu = PL.activation_bytes(run, "cpu"), PL.activation_bytes(run, "tpu")
+    flash = PL.activation_bytes(run.replace(model=run.model.replace(attn_impl="flash")), "cpu")
+    assert tpu["kept"] == flash["kept"] < cpu["kept"]
