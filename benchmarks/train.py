@@ -30,6 +30,7 @@ throughput of a jitted 4096 x 4096 @ 4096 x 4096 ``jnp.dot`` measured in its own
     python benchmarks/train.py --depth                 # compile time vs depth, scan vs unrolled
     python benchmarks/train.py --memory                # peak RSS at 24 layers, remat on/off
     python benchmarks/train.py --xent-memory --batch 16 --seq 1024   # compiled memory, plain vs fused xent
+    python benchmarks/train.py --profile --impls jaxlm jaxlm:remat=dots_no_batch   # where the step's time goes
 
 An implementation name ``jaxlm:k=v,k=v`` overrides model-config fields (``attn_impl``, ``remat``,
 ``scan_layers``, ``n_layers``) for that run. Results are printed as a markdown table with the command that
@@ -140,10 +141,59 @@ def build_jaxlm(args, overrides: dict):
     return run, box, {"compile_s": compile_s, "analysis": analysis}
 
 
+# what XLA:CPU's op names (the HLO instruction each thunk runs) say they are, first match wins
+PROFILE_KINDS = (
+    ("matmul (dot / YNNPACK fusions)", ("ynn_fusion", "dot")),
+    ("scan residuals: dynamic-(update-)slice", ("dynamic-update-slice", "dynamic-slice")),
+    ("buffer fills (broadcast)", ("wrapped_broadcast",)),
+    ("copies and transposes", ("copy", "transpose")),
+    ("softmax / cross-entropy (exp, reductions)", ("exponential", "reduce", "log")),
+    ("scatter / gather", ("scatter", "gather")),
+    ("other elementwise fusions", ("fusion", "wrapped_")),
+)
+_CONTROL = ("ThunkExecutor", "SlinkyThreadPool", "while", "end: ", "call", "conditional")
+
+
+def profile_step(run, steps: int) -> dict:
+    """Milliseconds per step by kind of XLA op, summed over XLA's compute threads (CPU time, not wall), from
+    a ``jax.profiler`` trace of ``steps`` calls of ``run``; plus the wall time per step."""
+    import glob
+    import re
+    import tempfile
+
+    import jax
+    from jax.profiler import ProfileData
+
+    d = tempfile.mkdtemp(prefix="jaxlm-profile-")
+    t0 = time.perf_counter()
+    with jax.profiler.trace(d):
+        for _ in range(steps):
+            run()
+    wall = (time.perf_counter() - t0) / steps
+    kinds: dict[str, float] = {k: 0.0 for k, _ in PROFILE_KINDS}
+    for f in glob.glob(d + "/**/*.xplane.pb", recursive=True):
+        for plane in ProfileData.from_file(f).planes:
+            for line in plane.lines:
+                if "XLAEigen" not in line.name:  # XLA's compute threads
+                    continue
+                for ev in line.events:
+                    name = re.sub(r"\.\d+$", "", ev.name)
+                    if name.startswith(_CONTROL):
+                        continue
+                    kind = next((k for k, keys in PROFILE_KINDS if any(x in name for x in keys)), None)
+                    if kind is not None:
+                        kinds[kind] += ev.duration_ns / 1e6 / steps
+    return {"wall_ms": wall * 1e3, "kinds_ms": kinds}
+
+
 def worker_jaxlm(args, overrides: dict) -> dict:
     run, box, info = build_jaxlm(args, overrides)
     if args.steps == 0:  # compile only (the depth table)
         return dict(info, times=[], first_s=None, loss=None)
+    if args.profile:
+        for _ in range(args.warmup):
+            run()
+        return dict(info, profile=profile_step(run, args.steps), loss=box["loss"])
     out = _time_steps(run, args)
     out.update(loss=box["loss"], **info)
     return out
@@ -324,6 +374,8 @@ def spawn(impl: str, args, **extra) -> dict:
         cmd += ["--layers", str(extra.get("layers") or args.layers)]
     if extra.get("paired"):
         cmd += ["--paired", *extra["paired"]]
+    if extra.get("profile"):
+        cmd += ["--profile"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     t0 = time.perf_counter()
     log = open(args.log, "a") if args.log else subprocess.DEVNULL  # noqa: SIM115 - worker progress
@@ -467,6 +519,25 @@ def analysis_table(args) -> str:
     return "\n".join(lines)
 
 
+def profile_table(args) -> str:
+    """Where each jaxlm variant's step goes: XLA op time by kind (ms per step, both compute threads summed),
+    one subprocess per variant, one after another."""
+    res = {impl: spawn(impl, args, profile=True, layers=args.layers) for impl in args.impls
+           if impl.startswith("jaxlm")}
+    ok = {i: r["profile"] for i, r in res.items() if "profile" in r}
+    lines = ["| XLA op kind (ms per step, CPU time over XLA's threads) | " + " | ".join(ok) + " |",
+             "|---|" + "---:|" * len(ok)]
+    for kind, _ in PROFILE_KINDS:
+        lines.append(f"| {kind} | " + " | ".join(f"{p['kinds_ms'][kind]:,.0f}" for p in ok.values()) + " |")
+    non = {i: sum(v for k, v in p["kinds_ms"].items() if not k.startswith("matmul")) for i, p in ok.items()}
+    lines.append("| **all but matmul** | " + " | ".join(f"**{v:,.0f}**" for v in non.values()) + " |")
+    lines.append("| wall time per step (ms) | " + " | ".join(f"{p['wall_ms']:,.0f}" for p in ok.values()) + " |")
+    for i, r in res.items():
+        if "profile" not in r:
+            lines.append(f"\n{i}: failed: {r.get('error')}")
+    return "\n".join(lines)
+
+
 def _mb(v: float | None) -> str:
     return "failed" if v is None else f"{v:,.0f}"
 
@@ -527,6 +598,8 @@ def main(argv=None) -> int:
                     help="compiled step temporaries, plain vs fused cross-entropy, at --vocabs")
     ap.add_argument("--vocabs", type=int, nargs="+", default=[50257, 131072, 262144])
     ap.add_argument("--analysis", action="store_true", help="XLA memory/cost analysis of jaxlm --impls")
+    ap.add_argument("--profile", action="store_true",
+                    help="jax.profiler trace of --steps steps of each jaxlm --impls: op time by kind")
     ap.add_argument("--timeout", type=int, default=1500, help="seconds per subprocess")
     ap.add_argument("--log", help="append the workers' progress (stderr) to this file")
     ap.add_argument("--from-log", help="rebuild the speed table from a paired run's --log file")
@@ -548,6 +621,8 @@ def main(argv=None) -> int:
         table = analysis_table(args)
     elif args.xent_memory:
         table = xent_memory_table(args)
+    elif args.profile:
+        table = profile_table(args)
     else:
         table = speed_table(args)
     print(table)
