@@ -121,10 +121,10 @@ MATRIX = tuple(f"{m}:{r}:{lay}" for m in ("gpt2-tiny", "llama-tiny", "bert-tiny"
 
 
 # Issue 20's 15 % target is NOT met for these (preset, remat) pairs; measured 2026-12-02 on the merged tree
-# (benchmarks/RESULTS.md "analytic vs compiled"): llama-tiny dots +18.3..+34.6 %, dots_no_batch +24.0..+42.7 %,
-# full +8.9..+22.7 %; transformer-tiny dots -11.1..-17.7 %, full -8.1..-16.3 %. For llama-tiny under dots the
-# compiled step keeps ~265 kB per layer where the count says ~500 kB: XLA does not keep the gated FFN's two
-# matmul outputs that the policy names (found by comparing against remat=full; not yet explained). Each bound
+# (benchmarks/RESULTS.md "Where the misses come from"): llama-tiny dots +18.3..+34.6 %, dots_no_batch
+# +24.0..+42.7 %, full +8.9..+22.7 %; transformer-tiny dots -11.1..-17.7 %, full -8.1..-16.3 %. The kept
+# residuals match JAX's saved_residuals; the miss is a layer's backward working set, which XLA:CPU shrinks
+# when there is no attention dropout to materialise, and which libtpu does not shrink as far. Each bound
 # is the measured worst error plus ~4 points, so a regression still fails; the issue stays open until the
 # count is fixed and this table is empty.
 KNOWN_ERRORS = {("llama-tiny", "dots"): 0.39, ("llama-tiny", "dots_no_batch"): 0.47,
