@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import importlib.util
 import itertools
 import math
@@ -42,7 +43,7 @@ from jaxlm import params as P
 from jaxlm import sharding
 from jaxlm.config import ConfigError
 from jaxlm.models import family_of
-from jaxlm.nn import attention
+from jaxlm.nn import attention, stack
 from jaxlm.train import config as C
 
 GiB = 2**30
@@ -179,9 +180,16 @@ def devices(topo: Topology) -> list:
         raise ConfigError(f"topology {topo.name} needs the TPU compiler, which is not installed: {LIBTPU_FIX}.")
     from jax.experimental import topologies
 
+    if not glob.glob("/dev/accel*") and not glob.glob("/dev/vfio/[0-9]*"):
+        # no TPU attached: libtpu only compiles here, so two planners may load it at once (its lockfile
+        # otherwise refuses the second process)
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         desc = topologies.get_topology_desc(platform="tpu", topology_name=topo.tpu_name)
     except Exception as e:  # noqa: BLE001 - libtpu's errors are RuntimeErrors of its own types
+        if "lockfile" in str(e):
+            raise ConfigError("libtpu is in use by another process on this machine (/tmp/libtpu_lockfile): "
+                              "plan when it has finished, or use --analytic.") from None
         raise ConfigError(f"the TPU compiler does not know topology {topo.tpu_name} ({topo.name}): "
                           f"{str(e).splitlines()[0][:200]}; try a standard slice such as {', '.join(KNOWN[:4])}.") \
             from None
@@ -196,6 +204,9 @@ def _run_for(run: C.RunConfig, topo: Topology) -> C.RunConfig:
                           "not planned yet. Drop the finetune.lora.* settings for an upper bound (full "
                           "fine-tuning needs more memory than LoRA).")
     run = C.resolve(run)
+    # "auto" remat is the policy for the platform planned for (nn/stack.py), named so the plan shows it
+    on = "cpu" if topo.kind == "cpu" else "tpu"
+    run = run.replace(model=run.model.replace(remat=stack.resolve_remat(run.model.remat, on)))
     m = run.mesh
     sizes = {a: getattr(m, a) for a in mesh_axes(m)}
     free = [a for a, v in sizes.items() if v == -1]
@@ -423,10 +434,13 @@ def activation_bytes(run: C.RunConfig, platform: str = "cpu") -> dict:
     per layer (b rows per device, T tokens, D model width, H/G query/key-value heads of K dims and F ffn
     width over ``tensor``, a = compute-dtype bytes):
 
-    - ``none``: every residual: norms, q/k/v, float32 scores and probabilities [b, H, T, T], attention
-      output, projections, the FFN's hidden activations, dropout masks;
-    - ``dots``: matmul outputs only (q/k/v, scores, attention output, projections, FFN input/output);
-    - ``dots_no_batch``: weight-matmul outputs only (no [T, T] scores);
+    - ``none``: every residual: the two norms' float32 upcasts of the residual stream (three [b, T, D]
+      float32 each) and their outputs, q/k/v, float32 scores and probabilities [b, H, T, T], attention
+      output, projections, the FFN's hidden activations, dropout masks, and the layer's weights cast to the
+      compute dtype when it differs from the parameters' (``jax.ad_checkpoint`` lists these residuals);
+    - ``dots``: matmul outputs only (q/k/v, the scores in the compute dtype and the queries laid out for
+      them, the two projections into the residual stream, two [b, T, F] FFN tensors);
+    - ``dots_no_batch``: weight-matmul outputs only (q/k/v, projections, FFN; no [T, T] scores);
     - ``full``: the layer's input [b, T, D].
     """
     cfg, t = run.model, run.train
@@ -456,29 +470,49 @@ def activation_bytes(run: C.RunConfig, platform: str = "cpu") -> dict:
     # [T, S] attention tensors per layer: scores + probs (f32) + probs in compute dtype (+ dropout mask)
     S = T  # keys per device: the whole sequence (ring attention streams them, all-gather holds them)
     tt = 0 if flash else b * Ht * Tl * S * (4 + 4 + a + (1 + a if attn_drop else 0))
+    # libtpu keeps fewer of them for the backward pass: the float32 and compute-dtype probabilities (and the
+    # dropout mask); the scores, masking and dropped probabilities are fused into their consumers (compiled
+    # reference - flash attention: 5.9 bytes per [T, S] element for llama2-7b and llama3.1-8b, bfloat16)
+    kept_tt = tt if platform != "tpu" or flash else b * Ht * Tl * S * (4 + a + (1 if attn_drop else 0))
     qkv = b * Tl * (Ht + 2 * Gt) * K * a
     att_out = b * Tl * Ht * K * a
     xd = b * Tl * D * a
     ffn = b * Tl * Ft * a
     masks = (2 * b * Tl * D) if drop else 0
     E, k = getattr(cfg, "n_experts", 0) or 0, getattr(cfg, "top_k", 1) or 1
+    # the residual stream around the two norms: float32 upcasts (three per norm) and the compute-dtype outputs
+    stream = 2 * xd + 6 * b * Tl * D * 4
+    # the layer's weights cast to the compute dtype (kept for the backward matmuls; a no-op cast keeps none),
+    # sharded like the parameters (the cast happens before the FSDP gather)
+    fs = ms.get("fsdp", 1) * cp
+    casts = 0
+    if np.dtype(cfg.dtype) != np.dtype(cfg.param_dtype):
+        casts = (D * (H + 2 * G) * K + H * K * D + max(E, 1) * nF * D * F) * a // (fs * tp)
+    # what JAX's residual list adds and libtpu keeps (llama2-7b's buffers, bfloat16): six [b, T, F] tensors
+    # of the FFN rather than its matmul inputs/outputs alone, and the queries before and after RoPE
+    tpu_extra = (6 - nF) * ffn * (k if E else 1) + att_out if platform == "tpu" else 0
+    # FFN tensors kept under dots/dots_no_batch: two, gated or not (JAX's residual list; libtpu's buffers)
+    ffn_dots = 2 * ffn * (k if E else 1)
     if E:  # routed experts: every token's hidden activations top_k times, plus the dispatch itself
         ffn = k * ffn  # ... through k experts each
         # router logits/probabilities [N, E] f32, the k sorted copies of the tokens and of their outputs
         masks += b * Tl * E * 4 * 2 + 2 * k * xd
     per_layer = {
-        "none": 6 * xd + qkv + att_out + tt + nF * ffn + masks + b * Tl * D * 4 * 2,
-        "dots": 3 * xd + qkv + att_out + (0 if flash else b * Ht * Tl * S * a) + (nF - 1) * ffn,
-        "dots_no_batch": 3 * xd + qkv + att_out + (nF - 1) * ffn,
+        "none": stream + qkv + att_out + kept_tt + nF * ffn + masks + casts + tpu_extra,
+        "dots": 2 * xd + qkv + att_out + (0 if flash else b * Ht * Tl * S * a) + ffn_dots,
+        "dots_no_batch": 2 * xd + qkv + ffn_dots,
         "full": xd,
-    }[cfg.remat]
+    }[stack.resolve_remat(cfg.remat, platform)]
     layers = cfg.n_layers + getattr(cfg, "dec_layers", 0)
     if U:  # encoder-decoder: the decoder's tokens count like the encoder's
         per_layer = per_layer * (T + U) / (2 * T)
     kept = layers * per_layer
     # the backward pass of one layer holds its recomputed (or kept) residuals and their gradients at once;
     # 1.15 x the no-remat residuals matches XLA's CPU memory analysis of the tiny presets
-    one_layer = 1.15 * (6 * xd + qkv + att_out + tt + nF * ffn + masks + b * Tl * D * 4 * 2)
+    # flash attention's backward holds one query block's float32 scores, probabilities and their two
+    # gradients ([b, H, block_q, S] each, block_q = 512) instead of the whole [T, S]
+    flash_ws = 4 * b * Ht * min(512, Tl) * S * 4 if flash else 0
+    one_layer = 1.15 * (stream + qkv + att_out + tt + nF * ffn + masks) + flash_ws
     loss = 3 * b * max(Tl, U // cp if U else 0) * Vt * 4  # float32 logits, their softmax and gradient
     mask = b * Tl * S  # the boolean [B, 1, T, S] attention mask, a constant of the scan
     return {"kept": int(kept), "one_layer": int(one_layer), "loss": int(loss), "mask": int(mask)}
@@ -512,7 +546,9 @@ def estimate(run: C.RunConfig, topo: Topology, *, utilisation: float = 0.5) -> P
     p_bytes, o_bytes = _state_bytes(key)
     batch_bytes = _batch_bytes(run)
     acts = activation_bytes(run, "cpu" if topo.chip is None else "tpu")
-    grads = p_bytes  # one gradient per parameter, sharded like it (reduce-scattered)
+    # one gradient per parameter, sharded like it (reduce-scattered); with several micro-batches, the
+    # float32 accumulator beside the current micro-batch's gradient
+    grads = p_bytes * (2 if t.grad_accum > 1 else 1)
     # FSDP / tensor parallelism: a layer's weights are gathered whole (per tensor shard) for its matmuls
     ms = _mesh_sizes(run)
     cfg = run.model
