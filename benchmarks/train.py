@@ -573,7 +573,7 @@ def memory_table(args) -> str:
             lines.append(f"| {impl} | {ov.get('remat', '-')} | failed: {res['error']} | | |")
         else:
             temp = res.get("analysis", {}).get("temp_mb")
-            lines.append(f"| {impl} | {ov.get('remat', 'none' if impl.startswith('jaxlm') else '-')} | "
+            lines.append(f"| {impl} | {ov.get('remat', 'auto' if impl.startswith('jaxlm') else '-')} | "
                          f"{res['rss_mb']:,.0f} | {'-' if temp is None else f'{temp:,.0f}'} | "
                          f"{statistics.median(res['times']):.2f} |")
     return "\n".join(lines)

@@ -59,7 +59,7 @@ class ModelConfig:
     init_std: float = 0.02
     scale_residual_init: bool = False  # GPT-2: output projections scaled by 1/sqrt(2 * n_layers)
     attn_impl: str = "auto"  # by platform: reference on CPU, flash on TPU, cuDNN on GPU (nn/attention.py)
-    remat: str = "none"
+    remat: str = "auto"  # by platform: dots_no_batch on CPU, none on TPU/GPU (nn/stack.py)
     scan_layers: bool = True
     pad_id: int = 0
     # attention variants of today's checkpoints (jaxlm.nn.attention's module docstring); defaults = off
@@ -196,7 +196,7 @@ class ModelConfig:
         check_choice(f"{name}.param_dtype", self.param_dtype, DTYPES)
         check_choice(f"{name}.init", self.init, ("normal", "xavier"))
         check_choice(f"{name}.attn_impl", self.attn_impl, attention.IMPLS)
-        check_choice(f"{name}.remat", self.remat, stack.REMAT_POLICIES)
+        check_choice(f"{name}.remat", self.remat, ("auto", *stack.REMAT_POLICIES))
         self._check_attention_variants(name)
         if self.pos_emb == "rope" and self.head_dim % 2:
             raise ConfigError(f"{name}: RoPE needs an even head_dim, got {self.head_dim}.")

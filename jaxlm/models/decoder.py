@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm import sharding
-from jaxlm.nn import blocks, ffn, masks, norms, stack
+from jaxlm.nn import attention, blocks, ffn, masks, norms, stack
 from jaxlm.nn import embed as embed_lib
 from jaxlm.nn import positions as pos_enc
 
@@ -182,7 +182,8 @@ def run_layers(layers, x: jax.Array, cfg, *, mask=None, positions=None, enc=None
             out["moe"] = aux["moe"]
         return h, out
 
-    x, ys = stack.apply(body, layers, x, xs, scan=cfg.scan_layers, remat=cfg.remat)
+    remat = stack.resolve_remat(cfg.remat, attention.platform())
+    x, ys = stack.apply(body, layers, x, xs, scan=cfg.scan_layers, remat=remat)
     if per_layer:
         ys = {k: [y[k] for y in ys] for k in ys[0]}
         ys.update({w: jnp.stack(ys[w]) for w in ("weights", "cross_weights") if w in ys})

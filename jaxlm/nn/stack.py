@@ -19,6 +19,18 @@ REMAT_POLICIES: dict[str, Any] = {
 }
 
 
+# "auto" (the models' default): the policy measured fastest for the platform. On CPU, keeping only the
+# weight-matmul outputs beats keeping every residual (the scan's stacked residual traffic costs more than
+# recomputing the layer's elementwise work: benchmarks/RESULTS.md "Training"); on TPU/GPU nothing is
+# recomputed, the fastest step when it fits (`jaxlm plan --search` picks a policy when it does not).
+AUTO_REMAT = {"cpu": "dots_no_batch"}
+
+
+def resolve_remat(remat: str, on: str) -> str:
+    """``remat`` itself, or for ``"auto"`` the policy for platform ``on`` ("cpu", "gpu", "tpu")."""
+    return AUTO_REMAT.get(on, "none") if remat == "auto" else remat
+
+
 def spec(block_spec: dict, n: int) -> dict:
     """Every parameter of ``block_spec`` stacked ``n`` times along a new leading ``"layers"`` axis."""
     return jax.tree.map(lambda p: p.stacked(n), block_spec, is_leaf=is_param)
