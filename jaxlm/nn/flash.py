@@ -27,6 +27,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+BLOCK_Q = 512  # queries per block by default (each block attends to all S keys)
 _NEG = -1e30  # same masked value as the reference path: a fully-masked row becomes uniform, not NaN
 
 
@@ -37,7 +38,7 @@ def attention(
     *,
     mask: jax.Array | None = None,
     bias: jax.Array | None = None,
-    block_q: int = 512,
+    block_q: int = BLOCK_Q,
     scale: float | None = None,
     softcap: float | None = None,
 ) -> jax.Array:

@@ -44,6 +44,7 @@ from jaxlm import sharding
 from jaxlm.config import ConfigError
 from jaxlm.models import family_of
 from jaxlm.nn import attention, stack
+from jaxlm.nn import flash as flash_lib
 from jaxlm.train import config as C
 
 GiB = 2**30
@@ -471,8 +472,8 @@ def activation_bytes(run: C.RunConfig, platform: str = "cpu") -> dict:
     S = T  # keys per device: the whole sequence (ring attention streams them, all-gather holds them)
     tt = 0 if flash else b * Ht * Tl * S * (4 + 4 + a + (1 + a if attn_drop else 0))
     # libtpu keeps fewer of them for the backward pass: the float32 and compute-dtype probabilities (and the
-    # dropout mask); the scores, masking and dropped probabilities are fused into their consumers (compiled
-    # reference - flash attention: 5.9 bytes per [T, S] element for llama2-7b and llama3.1-8b, bfloat16)
+    # dropout mask); the scores, masking and dropped probabilities are fused into their consumers
+    # (benchmarks/RESULTS.md "The recount")
     kept_tt = tt if platform != "tpu" or flash else b * Ht * Tl * S * (4 + a + (1 if attn_drop else 0))
     qkv = b * Tl * (Ht + 2 * Gt) * K * a
     att_out = b * Tl * Ht * K * a
@@ -480,15 +481,17 @@ def activation_bytes(run: C.RunConfig, platform: str = "cpu") -> dict:
     ffn = b * Tl * Ft * a
     masks = (2 * b * Tl * D) if drop else 0
     E, k = getattr(cfg, "n_experts", 0) or 0, getattr(cfg, "top_k", 1) or 1
-    # the residual stream around the two norms: float32 upcasts (three per norm) and the compute-dtype outputs
-    stream = 2 * xd + 6 * b * Tl * D * 4
+    # the residual stream around each norm: float32 upcasts (three per norm) and the compute-dtype output;
+    # two norms per block, four with the post-norms of a family that sets them (the config says which)
+    n_norms = 4 if getattr(cfg, "post_norms", False) else 2
+    stream = n_norms * (xd + 3 * b * Tl * D * 4)
     # the layer's weights cast to the compute dtype (kept for the backward matmuls; a no-op cast keeps none),
     # sharded like the parameters (the cast happens before the FSDP gather)
     fs = ms.get("fsdp", 1) * cp
     casts = 0
     if np.dtype(cfg.dtype) != np.dtype(cfg.param_dtype):
         casts = (D * (H + 2 * G) * K + H * K * D + max(E, 1) * nF * D * F) * a // (fs * tp)
-    # what JAX's residual list adds and libtpu keeps (llama2-7b's buffers, bfloat16): six [b, T, F] tensors
+    # what JAX's residual list adds and libtpu keeps (its buffer report): six [b, T, F] tensors
     # of the FFN rather than its matmul inputs/outputs alone, and the queries before and after RoPE
     tpu_extra = (6 - nF) * ffn * (k if E else 1) + att_out if platform == "tpu" else 0
     # FFN tensors kept under dots/dots_no_batch: two, gated or not (JAX's residual list; libtpu's buffers)
@@ -510,8 +513,8 @@ def activation_bytes(run: C.RunConfig, platform: str = "cpu") -> dict:
     # the backward pass of one layer holds its recomputed (or kept) residuals and their gradients at once;
     # 1.15 x the no-remat residuals matches XLA's CPU memory analysis of the tiny presets
     # flash attention's backward holds one query block's float32 scores, probabilities and their two
-    # gradients ([b, H, block_q, S] each, block_q = 512) instead of the whole [T, S]
-    flash_ws = 4 * b * Ht * min(512, Tl) * S * 4 if flash else 0
+    # gradients ([b, H, block_q, S] each) instead of the whole [T, S]
+    flash_ws = 4 * b * Ht * min(flash_lib.BLOCK_Q, Tl) * S * 4 if flash else 0
     one_layer = 1.15 * (stream + qkv + att_out + tt + nF * ffn + masks) + flash_ws
     loss = 3 * b * max(Tl, U // cp if U else 0) * Vt * 4  # float32 logits, their softmax and gradient
     mask = b * Tl * S  # the boolean [B, 1, T, S] attention mask, a constant of the scan
