@@ -435,14 +435,17 @@ def activation_bytes(run: C.RunConfig, platform: str = "cpu") -> dict:
     per layer (b rows per device, T tokens, D model width, H/G query/key-value heads of K dims and F ffn
     width over ``tensor``, a = compute-dtype bytes):
 
-    - ``none``: every residual: the two norms' float32 upcasts of the residual stream (three [b, T, D]
-      float32 each) and their outputs, q/k/v, float32 scores and probabilities [b, H, T, T], attention
+    - ``none``: every residual: the norms' float32 upcasts of the residual stream (three [b, T, D]
+      float32 each) and their outputs, q/k/v, float32 scores and probabilities [b, H, T, S], attention
       output, projections, the FFN's hidden activations, dropout masks, and the layer's weights cast to the
       compute dtype when it differs from the parameters' (``jax.ad_checkpoint`` lists these residuals);
     - ``dots``: matmul outputs only (q/k/v, the scores in the compute dtype and the queries laid out for
-      them, the two projections into the residual stream, two [b, T, F] FFN tensors);
-    - ``dots_no_batch``: weight-matmul outputs only (q/k/v, projections, FFN; no [T, T] scores);
+      them, the projections into the residual stream, two [b, T, F] FFN tensors);
+    - ``dots_no_batch``: weight-matmul outputs only (q/k/v, projections, FFN; no [T, S] scores);
     - ``full``: the layer's input [b, T, D].
+
+    An encoder-decoder's decoder layers (U target tokens) add a cross-attention sub-layer: a third norm,
+    queries over U, keys/values over the T source tokens and [b, H, U, T] scores.
     """
     cfg, t = run.model, run.train
     ms = _mesh_sizes(run)
@@ -451,7 +454,6 @@ def activation_bytes(run: C.RunConfig, platform: str = "cpu") -> dict:
     T = seq_lens(run)[0]
     U = seq_lens(run)[1] or 0
     b = max(1, (t.batch_size // t.grad_accum) // dp)
-    Tl = T // cp  # tokens per device along the sequence
     a = np.dtype(cfg.dtype).itemsize
     D, H = cfg.d_model, cfg.n_heads
     G = cfg.n_kv_heads or H
@@ -466,68 +468,109 @@ def activation_bytes(run: C.RunConfig, platform: str = "cpu") -> dict:
     nF = 3 if gated else 2
     drop = cfg.dropout > 0 and t.dropout
     attn_drop = cfg.attn_dropout > 0 and t.dropout
+    remat = stack.resolve_remat(cfg.remat, platform)
     # attention that keeps no [T, S] tensor for the backward pass ("auto" resolved for the platform planned)
     flash = attention.resolve_impl(cfg.attn_impl, cfg.dtype, K, on=platform) in ("flash", "cudnn") and not attn_drop
-    # [T, S] attention tensors per layer: scores + probs (f32) + probs in compute dtype (+ dropout mask)
-    S = T  # keys per device: the whole sequence (ring attention streams them, all-gather holds them)
-    tt = 0 if flash else b * Ht * Tl * S * (4 + 4 + a + (1 + a if attn_drop else 0))
-    # libtpu keeps fewer of them for the backward pass: the float32 and compute-dtype probabilities (and the
-    # dropout mask); the scores, masking and dropped probabilities are fused into their consumers
-    # (benchmarks/RESULTS.md "The recount")
-    kept_tt = tt if platform != "tpu" or flash else b * Ht * Tl * S * (4 + a + (1 if attn_drop else 0))
-    qkv = b * Tl * (Ht + 2 * Gt) * K * a
-    att_out = b * Tl * Ht * K * a
-    xd = b * Tl * D * a
-    ffn = b * Tl * Ft * a
-    masks = (2 * b * Tl * D) if drop else 0
     E, k = getattr(cfg, "n_experts", 0) or 0, getattr(cfg, "top_k", 1) or 1
-    # the residual stream around each norm: float32 upcasts (three per norm) and the compute-dtype output;
-    # two norms per block, four with the post-norms of a family that sets them (the config says which)
-    n_norms = 4 if getattr(cfg, "post_norms", False) else 2
-    stream = n_norms * (xd + 3 * b * Tl * D * 4)
-    # the layer's weights cast to the compute dtype (kept for the backward matmuls; a no-op cast keeps none),
-    # sharded like the parameters (the cast happens before the FSDP gather)
+    # the norms around each sub-layer: two per block, four with the post-norms of a family that sets them
+    norms_per_sublayer = 2 if getattr(cfg, "post_norms", False) else 1
     fs = ms.get("fsdp", 1) * cp
-    casts = 0
-    if np.dtype(cfg.dtype) != np.dtype(cfg.param_dtype):
-        casts = (D * (H + 2 * G) * K + H * K * D + max(E, 1) * nF * D * F) * a // (fs * tp)
-    # what JAX's residual list adds and libtpu keeps (its buffer report): six [b, T, F] tensors
-    # of the FFN rather than its matmul inputs/outputs alone, and the queries before and after RoPE
-    tpu_extra = (6 - nF) * ffn * (k if E else 1) + att_out if platform == "tpu" else 0
-    # FFN tensors kept under dots/dots_no_batch: two, gated or not (JAX's residual list; libtpu's buffers)
-    ffn_dots = 2 * ffn * (k if E else 1)
-    if E:  # routed experts: every token's hidden activations top_k times, plus the dispatch itself
-        ffn = k * ffn  # ... through k experts each
-        # router logits/probabilities [N, E] f32, the k sorted copies of the tokens and of their outputs
-        masks += b * Tl * E * 4 * 2 + 2 * k * xd
-    per_layer = {
-        "none": stream + qkv + att_out + kept_tt + nF * ffn + masks + casts + tpu_extra,
-        "dots": 2 * xd + qkv + att_out + (0 if flash else b * Ht * Tl * S * a) + ffn_dots,
-        "dots_no_batch": 2 * xd + qkv + ffn_dots,
-        "full": xd,
-    }[stack.resolve_remat(cfg.remat, platform)]
-    layers = cfg.n_layers + getattr(cfg, "dec_layers", 0)
-    if U:  # encoder-decoder: the decoder's tokens count like the encoder's
-        per_layer = per_layer * (T + U) / (2 * T)
-    kept = layers * per_layer
-    # the backward pass of one layer holds its recomputed (or kept) residuals and their gradients at once;
-    # 1.15 x the no-remat residuals matches XLA's CPU memory analysis of the tiny presets
-    # flash attention's backward holds one query block's float32 scores, probabilities and their two
-    # gradients ([b, H, block_q, S] each) instead of the whole [T, S]
-    flash_ws = 4 * b * Ht * min(flash_lib.BLOCK_Q, Tl) * S * 4 if flash else 0
-    one_layer = 1.15 * (stream + qkv + att_out + tt + nF * ffn + masks) + flash_ws
+
+    def block(Tq: int, S: int, cross_S: int = 0) -> dict:
+        """One block's residuals by remat policy for Tq query tokens per device attending S keys (and, with
+        ``cross_S``, a cross-attention sub-layer over cross_S keys), and its backward working set."""
+        xd = b * Tq * D * a
+        ffn = b * Tq * Ft * a
+        attns = [S] + ([cross_S] if cross_S else [])
+        # per attention: q and output over Tq, k/v over its keys; [T, S] tensors per element of [b, H, Tq, S]
+        qkv = sum(b * Tq * Ht * K * a + 2 * b * s * Gt * K * a for s in attns)
+        att_out = len(attns) * b * Tq * Ht * K * a
+        tt_elems = 0 if flash else sum(b * Ht * Tq * s for s in attns)
+        # scores + probs (f32) + probs in compute dtype (+ the dropout mask and dropped probabilities)
+        tt = tt_elems * (4 + 4 + a + (1 + a if attn_drop else 0))
+        # libtpu keeps fewer of them for the backward pass: the float32 and compute-dtype probabilities (and
+        # the dropout mask); scores, masking and dropped probabilities are fused into their consumers
+        # (benchmarks/RESULTS.md "The recount"); so does XLA:CPU without attention dropout (the float32 and
+        # compute-dtype probabilities)
+        kept_tt = tt
+        if platform == "tpu":
+            kept_tt = tt_elems * (4 + a + (1 if attn_drop else 0))
+        elif platform == "cpu" and not attn_drop:
+            kept_tt = tt_elems * (4 + a)
+        # the residual stream around each norm: float32 upcasts (three per norm) and the compute-dtype output
+        n_sub = len(attns) + 1
+        stream = n_sub * norms_per_sublayer * (xd + 3 * b * Tq * D * 4)
+        masks = n_sub * b * Tq * D if drop else 0  # one boolean residual-dropout mask per sub-layer
+        ffn_k = ffn * (k if E else 1)  # routed experts: every token's hidden activations through k experts
+        if E:  # router logits/probabilities [N, E] f32, the k sorted copies of the tokens and of their outputs
+            masks += b * Tq * E * 4 * 2 + 2 * k * xd
+        # the layer's weights cast to the compute dtype (kept for the backward matmuls; a no-op cast keeps
+        # none), sharded like the parameters (the cast happens before the FSDP gather)
+        casts = 0
+        if np.dtype(cfg.dtype) != np.dtype(cfg.param_dtype):
+            casts = (len(attns) * (D * (H + 2 * G) * K + H * K * D) + max(E, 1) * nF * D * F) * a // (fs * tp)
+        # what the compilers keep beyond JAX's residual list: libtpu (its buffer report) six [b, T, F]
+        # tensors of the FFN rather than its matmul inputs/outputs alone, and the queries before and after
+        # RoPE; XLA:CPU the same six FFN tensors of a gated FFN (the per-layer slope of its memory analysis)
+        extra = 0
+        if platform == "tpu":
+            extra = (6 - nF) * ffn_k + b * Tq * Ht * K * a
+        elif platform == "cpu" and gated:
+            extra = (6 - nF) * ffn_k
+        ffn_dots = 2 * ffn_k  # FFN tensors kept under dots/dots_no_batch: two, gated or not
+        residuals = stream + qkv + att_out + nF * ffn_k + masks  # all of them but the [T, S] ones
+        kept = {
+            "none": residuals + kept_tt + casts + extra,
+            "dots": n_sub * xd + qkv + att_out + tt_elems * a + ffn_dots,
+            "dots_no_batch": n_sub * xd + qkv + ffn_dots,
+            "full": xd,
+        }[remat]
+        # the backward pass of one layer holds its recomputed (or kept) residuals and their gradients at once;
+        # 1.15 x the no-remat residuals matches XLA's memory analysis where the recomputation materialises
+        # them (libtpu; XLA:CPU with dropout, whose random bits are drawn again)
+        work = 1.15 * (residuals + tt)
+        if platform == "cpu":
+            # XLA:CPU fuses the recomputed elementwise work into the matmuls that consume it unless dropout's
+            # random bits have to be drawn again: without dropout a layer's backward holds only the residuals
+            # the policy makes it recompute for the backward matmuls (all under full; none under dots, whose
+            # kept matmul outputs it reuses; half under none); without attention dropout, of the [T, S]
+            # tensors only the float32 gradients of the probabilities and of the scores
+            recomputed = 1.0 if drop else {"none": 0.5, "dots": 0.0, "dots_no_batch": 0.0, "full": 1.0}[remat]
+            work = 1.15 * (recomputed * residuals + (tt if attn_drop else tt_elems * 8))
+        # flash attention's backward holds one query block's float32 scores, probabilities and their two
+        # gradients ([b, H, block_q, S] each) instead of the whole [T, S]
+        if flash:
+            work += sum(4 * b * Ht * min(flash_lib.BLOCK_Q, Tq) * s * 4 for s in attns)
+        return {"kept": kept, "work": work}
+
+    Tl = T // cp  # tokens per device along the sequence; keys: the whole sequence (ring attention streams
+    # them, all-gather holds them)
+    enc = block(Tl, T)
+    blocks = [(cfg.n_layers, enc)]
+    if U:  # encoder-decoder: decoder layers attend their own U tokens and the T source tokens
+        blocks.append((getattr(cfg, "dec_layers", 0) or 0, block(U // cp, U, cross_S=T)))
+    kept = sum(n * blk["kept"] for n, blk in blocks)
+    one_layer = max(blk["work"] for _, blk in blocks)
     loss = 3 * b * max(Tl, U // cp if U else 0) * Vt * 4  # float32 logits, their softmax and gradient
-    mask = b * Tl * S  # the boolean [B, 1, T, S] attention mask, a constant of the scan
+    mask = b * Tl * T  # the boolean [B, 1, T, S] attention mask, a constant of the scan
     return {"kept": int(kept), "one_layer": int(one_layer), "loss": int(loss), "mask": int(mask)}
 
 
 @functools.lru_cache(maxsize=512)
-def _state_bytes(run: C.RunConfig) -> tuple[int, int]:
-    """Per-device (parameter, optimizer-state) bytes: exact, from the abstract state's shardings."""
+def _state_bytes(run: C.RunConfig) -> tuple[int, int, int]:
+    """Per-device (parameter, optimizer-state, largest layer's parameter) bytes: exact, from the abstract
+    state's shardings (a layer: one slice of a stacked ``layers`` tree, e.g. a decoder's block)."""
     _, state, _ = _abstract(run, None)
     p_bytes = sum(_shard_bytes(x.shape, x.dtype, x.sharding) for x in jax.tree.leaves(state.params))
     all_bytes = sum(_shard_bytes(x.shape, x.dtype, x.sharding) for x in jax.tree.leaves(state))
-    return p_bytes, all_bytes - p_bytes
+    stacks: dict[str, int] = {}  # a stack of layers' parameters [n_layers, ...] -> one layer's bytes
+    for path, x in jax.tree_util.tree_flatten_with_path(state.params)[0]:
+        keys = [str(getattr(k, "key", k)) for k in path]
+        if "layers" in keys:
+            name = "/".join(keys[:keys.index("layers") + 1])
+            stacks[name] = stacks.get(name, 0) + _shard_bytes(x.shape, x.dtype, x.sharding) // x.shape[0]
+    layer = max(stacks.values(), default=0)
+    return p_bytes, all_bytes - p_bytes, layer
 
 
 def _batch_bytes(run: C.RunConfig) -> int:
@@ -546,7 +589,7 @@ def estimate(run: C.RunConfig, topo: Topology, *, utilisation: float = 0.5) -> P
     t = run.train
     key = run.replace(model=run.model.replace(remat="none"), data=C.DataConfig(),
                       train=dataclasses.replace(t, batch_size=2, grad_accum=min(t.grad_accum, 2)))
-    p_bytes, o_bytes = _state_bytes(key)
+    p_bytes, o_bytes, layer_bytes = _state_bytes(key)
     batch_bytes = _batch_bytes(run)
     acts = activation_bytes(run, "cpu" if topo.chip is None else "tpu")
     # one gradient per parameter, sharded like it (reduce-scattered); with several micro-batches, the
@@ -555,9 +598,8 @@ def estimate(run: C.RunConfig, topo: Topology, *, utilisation: float = 0.5) -> P
     # FSDP / tensor parallelism: a layer's weights are gathered whole (per tensor shard) for its matmuls
     ms = _mesh_sizes(run)
     cfg = run.model
-    layers = cfg.n_layers + getattr(cfg, "dec_layers", 0)
     fs = ms.get("fsdp", 1) * ms.get("context", 1)
-    gathered = p_bytes * fs / max(layers, 1) if fs > 1 else 0  # one layer's weights, gathered
+    gathered = layer_bytes * fs if fs > 1 else 0  # one layer's weights, gathered
     if getattr(cfg, "n_experts", 0) and ms.get("data", 1) * fs > 1:
         # the MoE dispatch runs per shard of tokens: one layer's experts all-gathered in the compute dtype
         # (their hidden dimension stays split over tensor), in the forward and again in the backward
