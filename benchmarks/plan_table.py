@@ -3,6 +3,7 @@ gradient accumulation that fits (ranked by the analytic estimate, confirmed by t
 with the compiler's per-chip memory and the ESTIMATED tokens/s. Compiler estimates, not measurements.
 
     python benchmarks/plan_table.py [--rows gpt2-124m:v5e-16,...] [--out benchmarks/plan_table.md]
+    python benchmarks/plan_table.py --every-preset [--topology v5e-16]   # how long `jaxlm plan` takes, per preset
 
 Each row runs `jaxlm plan PRESET --topology T --search --top 1 ...` in its own process (so one slow or
 failing compile costs one row) and appends its line to the output as soon as it is done.
@@ -40,7 +41,13 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "plan_table.md"))
     ap.add_argument("--timeout", type=int, default=1500)
     ap.add_argument("--analytic", action="store_true", help="analytic search only, in this process (fast)")
+    ap.add_argument("--every-preset", action="store_true",
+                    help="time one compiled `jaxlm plan PRESET --topology T` (FSDP over the slice, bfloat16) "
+                         "for every preset of the zoo")
+    ap.add_argument("--topology", default="v5e-16", help="--every-preset: the slice")
     args = ap.parse_args()
+    if args.every_preset:
+        return every_preset(args.topology, args.timeout)
     rows = [tuple(r.split(":", 1)) for r in args.rows.split(",") if r] or [(p, t) for t in TOPOLOGIES
                                                                             for p in PRESETS]
     out = Path(args.out)
@@ -71,6 +78,34 @@ def main() -> None:
         with out.open("a") as f:
             f.write(line + f" <!-- {secs:.0f}s -->\n")
         print(line, f"({secs:.0f}s)", flush=True)
+
+
+def every_preset(topo: str, timeout: int) -> None:
+    """One compiled plan per preset (its family's task, its full context, one sequence per chip, FSDP over
+    the slice, bfloat16 compute): the verdict, the compiler's GiB per chip and how long the answer took."""
+    from jaxlm.models import REGISTRY
+    from jaxlm.train.plan import parse_topology
+
+    chips = parse_topology(topo).chips
+    print("| preset | GiB / chip (TPU compiler) | verdict | seconds | command |\n|---|---:|---|---:|---|")
+    for preset in REGISTRY:
+        cmd = ["jaxlm", "plan", preset, "--topology", topo, f"train.batch_size={chips}", "mesh.data=1",
+               f"mesh.fsdp={chips}", "model.dtype=bfloat16"]
+        t0 = time.time()
+        try:
+            proc = subprocess.run([sys.executable, "-m", "jaxlm.cli", *cmd[1:]], capture_output=True, text=True,
+                                  env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=timeout, cwd=REPO)
+            text = proc.stdout + proc.stderr
+        except subprocess.TimeoutExpired:
+            text = f"timed out after {timeout} s"
+        secs = time.time() - t0
+        total = re.search(r"^\s+total\s+([\d.]+) (GiB|MiB)\s.*?: (FITS|DOES NOT FIT)", text, re.M)
+        if total:
+            gib = float(total.group(1)) / (1024 if total.group(2) == "MiB" else 1)
+            shown = f"{gib:.2f} | {total.group(3).lower()}"
+        else:
+            shown = f"- | {(text.strip().splitlines() or ['failed'])[-1][:100]}"
+        print(f"| {preset} | {shown} | {secs:.0f} | `{' '.join(cmd)}` |", flush=True)
 
 
 def analytic(rows, out: Path) -> None:

@@ -16,6 +16,7 @@ count TensorCores), v4-32, v6e-64, cpu:8 (8 simulated CPU devices: XLA's CPU com
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -82,8 +83,14 @@ def _plan(args: argparse.Namespace) -> int:
         run_cfg = C.load_experiment(src)
     else:
         run_cfg = C.RunConfig(model=C._preset(src))
-        if "data.seq_len" not in " ".join(args.overrides):  # a preset alone: its full context
+        keys = {o.partition("=")[0].strip() for o in args.overrides}
+        if "data.seq_len" not in keys:  # a preset alone: its full context
             run_cfg = run_cfg.replace(data=run_cfg.data.__class__(seq_len=run_cfg.model.max_len))
+        if "train.task" not in keys:  # ... and the task its family pretrains with (BERT: mlm, T5: seq2seq)
+            from jaxlm.models import family_of
+
+            run_cfg = run_cfg.replace(train=dataclasses.replace(run_cfg.train,
+                                                                task=family_of(run_cfg.model).TASKS[0]))
     run_cfg = C.apply_overrides(run_cfg, args.overrides)
     if not args.search:
         p = PL.plan(run_cfg, topo, analytic=args.analytic, utilisation=args.utilisation)

@@ -361,8 +361,9 @@ def resolve(cfg: RunConfig) -> RunConfig:
         if not able:
             raise C.ConfigError(f"train.task={t.task!r}: no model family supports it (see `jaxlm models`).")
         raise C.ConfigError(f"train.task={t.task!r} needs a {' or '.join(able)} model (the families that "
-                            f"support it), but model is {type(m).family}; set model.preset to a {able[0]} "
-                            f"preset (see `jaxlm models`).")
+                            f"support it), but model is {type(m).family}, whose tasks are "
+                            f"{', '.join(fam.TASKS)}; set train.task to one of them, or model.preset to a "
+                            f"{able[0]} preset (see `jaxlm models`).")
     for_task = getattr(fam, "for_task", None)
     if for_task is not None:
         m = for_task(m, t.task)

@@ -121,6 +121,18 @@ def test_state_bytes_are_exact_from_the_spec():
     assert p.fits and p.flops_per_step == pytest.approx((6 * n + 12 * 32 * 2048 * 4096) * 16 * 2048, rel=1e-9)
 
 
+@pytest.mark.parametrize("preset,task", [("bert-tiny", "mlm"), ("t5-tiny", "seq2seq"), ("gpt2-tiny", "causal_lm")])
+def test_a_preset_alone_is_planned_with_its_familys_task(preset, task, capsys, monkeypatch):
+    """`jaxlm plan bert-base --topology ...` plans BERT's masked-LM step (not a causal LM it cannot run)."""
+    seen = []
+    monkeypatch.setattr(PL, "plan", lambda run, topo, **kw: seen.append(run) or PL.estimate(run, topo))
+    assert cmd.main([preset, "--topology", "v5e-16", "--analytic"]) == 0
+    assert seen[0].train.task == task and "FITS" in capsys.readouterr().out
+    # an explicit task still wins, and a task the family lacks is one error naming the family's tasks
+    assert cmd.main(["bert-tiny", "--topology", "v5e-16", "--analytic", "train.task=causal_lm"]) == 2
+    assert "whose tasks are mlm, classification, span; set train.task" in capsys.readouterr().err
+
+
 def test_a_config_that_cannot_fit_is_reported_with_its_bytes(capsys):
     # replicated llama2-7b: 7B float32 params + 2 moments = 75 GiB per chip > 16 GiB
     code = cmd.main(["llama2-7b", "--topology", "v5e-16", "--analytic", "mesh.data=16", "train.batch_size=16",
