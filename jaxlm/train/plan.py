@@ -636,9 +636,15 @@ def compile_plan(run: C.RunConfig, topo: Topology, *, utilisation: float = 0.5) 
         mem = None
     secs = time.perf_counter() - t0
     if mem is None:
-        need = _bytes_in(error)
-        return dataclasses.replace(base, source="compiled", temporaries=max(base.temporaries, need - base.params
-                                   - base.opt_state - base.other), error=error, compile_seconds=secs,
+        kind, need = oom_bytes(error)
+        if kind == "temporaries":
+            temps = need
+        elif kind == "total":
+            temps = need - base.params - base.opt_state - base.other
+        else:  # the compiler named no size: the count stands in, and the error says so
+            temps = base.temporaries
+            error += " (the compiler named no size: temporaries are the analytic count)"
+        return dataclasses.replace(base, source="compiled", temporaries=temps, error=error, compile_seconds=secs,
                                    analytic={**base.analytic})
     args = int(mem.argument_size_in_bytes)
     out_extra = max(0, int(mem.output_size_in_bytes) - int(mem.alias_size_in_bytes))
@@ -648,15 +654,17 @@ def compile_plan(run: C.RunConfig, topo: Topology, *, utilisation: float = 0.5) 
         other=max(0, args - state_bytes) + out_extra, compile_seconds=secs, analytic={**base.analytic})
 
 
-def _bytes_in(msg: str) -> int:
-    """The largest byte size quoted in a compiler out-of-memory message (``Used 21.5G of 15.75G hbm``)."""
-    best = 0
-    for num, unit in re.findall(r"([\d.]+)\s*([KMGT])i?B?\b", msg):
-        try:
-            best = max(best, int(float(num) * {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[unit]))
-        except ValueError:
-            pass
-    return best
+def oom_bytes(msg: str) -> tuple[str, int]:
+    """What a compiler's out-of-memory message says the step needs per device: ``("temporaries", bytes)``
+    from libtpu's "the total memory required for HLO temporaries (16.37G) exceeds available HBM (15.75G)",
+    ``("total", bytes)`` from "Used 21.5G of 15.75G hbm", ``("", 0)`` when it names no size."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    for kind, pattern in (("temporaries", r"HLO temporaries \(([\d.]+)\s*([KMGT])"),
+                          ("total", r"Used ([\d.]+)\s*([KMGT])i?B? of")):
+        m = re.search(pattern, msg)
+        if m:
+            return kind, int(float(m.group(1)) * units[m.group(2)])
+    return "", 0
 
 
 def plan(run: C.RunConfig, topology: str | Topology, *, analytic: bool = False, utilisation: float = 0.5) -> Plan:
@@ -745,4 +753,4 @@ def search(run: C.RunConfig, topology: str | Topology, *, analytic: bool = False
 
 __all__ = ["CHIPS", "Chip", "Topology", "Plan", "parse_topology", "has_libtpu", "devices", "estimate",
            "compile_plan", "plan", "search", "candidates", "layouts", "activation_bytes", "flops",
-           "abstract_batch"]
+           "abstract_batch", "oom_bytes"]

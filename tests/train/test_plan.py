@@ -147,6 +147,16 @@ def test_a_config_that_cannot_fit_is_reported_with_its_bytes(capsys):
     assert code == 1 and "nothing fits: the smallest option needs" in out and "GiB per chip" in out
 
 
+def test_a_compiler_out_of_memory_reports_the_compilers_bytes():
+    """libtpu names the temporaries it needed (or the total used); the plan shows that figure, not the count."""
+    msg = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+           "(16.37G) exceeds available HBM (15.75G).")
+    assert PL.oom_bytes(msg) == ("temporaries", int(16.37 * PL.GiB))
+    assert PL.oom_bytes("RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space "
+                        "hbm. Used 21.50G of 15.75G hbm.") == ("total", int(21.5 * PL.GiB))
+    assert PL.oom_bytes("RESOURCE_EXHAUSTED: out of memory") == ("", 0)
+
+
 def test_search_ranks_fitting_options_first():
     plans = PL.search(_run("gpt2-124m", train__batch_size=64, data__seq_len=1024, model__dtype="bfloat16"),
                       "v5e-16", analytic=True)
