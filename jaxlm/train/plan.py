@@ -475,6 +475,7 @@ def activation_bytes(run: C.RunConfig, platform: str = "cpu") -> dict:
     # the norms around each sub-layer: two per block, four with the post-norms of a family that sets them
     norms_per_sublayer = 2 if getattr(cfg, "post_norms", False) else 1
     fs = ms.get("fsdp", 1) * cp
+    dispatch_gathers = ms.get("data", 1) * fs > 1  # nn/moe.py's per-shard dispatch (see estimate's gathered)
 
     def block(Tq: int, S: int, cross_S: int = 0) -> dict:
         """One block's residuals by remat policy for Tq query tokens per device attending S keys (and, with
@@ -509,6 +510,11 @@ def activation_bytes(run: C.RunConfig, platform: str = "cpu") -> dict:
         casts = 0
         if np.dtype(cfg.dtype) != np.dtype(cfg.param_dtype):
             casts = (len(attns) * (D * (H + 2 * G) * K + H * K * D) + max(E, 1) * nF * D * F) * a // (fs * tp)
+        if E and dispatch_gathers:
+            # the routed dispatch all-gathers a layer's experts in the compute dtype (their hidden dimension
+            # split over tensor), and libtpu keeps that gathered copy for the backward pass (its buffer
+            # report: [layers, E, D, F / tensor] per expert matrix), not the cast shard
+            casts += E * nF * D * F * a // tp - (E * nF * D * F * a // (fs * tp) if casts else 0)
         # what the compilers keep beyond JAX's residual list: libtpu (its buffer report) six [b, T, F]
         # tensors of the FFN rather than its matmul inputs/outputs alone, and the queries before and after
         # RoPE; XLA:CPU the same six FFN tensors of a gated FFN (the per-layer slope of its memory analysis)
@@ -537,6 +543,11 @@ def activation_bytes(run: C.RunConfig, platform: str = "cpu") -> dict:
             # tensors only the float32 gradients of the probabilities and of the scores
             recomputed = 1.0 if drop else {"none": 0.5, "dots": 0.0, "dots_no_batch": 0.0, "full": 1.0}[remat]
             work = 1.15 * (recomputed * residuals + (tt if attn_drop else tt_elems * 8))
+        if E and platform == "cpu":
+            # XLA:CPU's ragged_dot holds float32 [E, k*N, F] tensors, every expert over every routed row (the
+            # slope-and-intercept fit of mixtral-tiny: ~3.4 of them in the backward without remat, ~5.5 with
+            # the forward recomputed; linear in the tokens), where the grouped matmul needs [k*N, F]
+            work += (4 if remat == "none" else 6) * E * k * b * Tq * Ft * 4
         # flash attention's backward holds one query block's float32 scores, probabilities and their two
         # gradients ([b, H, block_q, S] each) instead of the whole [T, S]
         if flash:

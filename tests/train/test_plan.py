@@ -169,7 +169,7 @@ def test_search_ranks_fitting_options_first():
 
 # --- the estimate against the compiler ---------------------------------------------------------------
 FAST = ("gpt2-tiny:dots:8x1x1", "llama-tiny:full:8x1x1", "transformer-tiny:dots:1x8x1")
-MATRIX = tuple(f"{m}:{r}:{lay}" for m in ("gpt2-tiny", "llama-tiny", "bert-tiny", "transformer-tiny")
+MATRIX = tuple(f"{m}:{r}:{lay}" for m in ("gpt2-tiny", "llama-tiny", "bert-tiny", "transformer-tiny", "mixtral-tiny")
                for r in ("none", "dots", "dots_no_batch", "full") for lay in ("8x1x1", "1x8x1", "4x1x2", "2x2x2"))
 
 
