@@ -475,7 +475,6 @@ def activation_bytes(run: C.RunConfig, platform: str = "cpu") -> dict:
     # the norms around each sub-layer: two per block, four with the post-norms of a family that sets them
     norms_per_sublayer = 2 if getattr(cfg, "post_norms", False) else 1
     fs = ms.get("fsdp", 1) * cp
-    dispatch_gathers = ms.get("data", 1) * fs > 1  # nn/moe.py's per-shard dispatch (see estimate's gathered)
 
     def block(Tq: int, S: int, cross_S: int = 0) -> dict:
         """One block's residuals by remat policy for Tq query tokens per device attending S keys (and, with
@@ -510,10 +509,11 @@ def activation_bytes(run: C.RunConfig, platform: str = "cpu") -> dict:
         casts = 0
         if np.dtype(cfg.dtype) != np.dtype(cfg.param_dtype):
             casts = (len(attns) * (D * (H + 2 * G) * K + H * K * D) + max(E, 1) * nF * D * F) * a // (fs * tp)
-        if E and dispatch_gathers:
-            # the routed dispatch all-gathers a layer's experts in the compute dtype (their hidden dimension
-            # split over tensor), and libtpu keeps that gathered copy for the backward pass (its buffer
-            # report: [layers, E, D, F / tensor] per expert matrix), not the cast shard
+        if E and platform == "tpu" and fs > 1 and remat == "none":
+            # the routed dispatch all-gathers a layer's experts over FSDP in the compute dtype (their hidden
+            # dimension split over tensor), and libtpu keeps that gathered copy for the backward pass (its
+            # buffer report: [layers, E, D, F / tensor] per expert matrix), not the cast shard; XLA:CPU
+            # gathers it again
             casts += E * nF * D * F * a // tp - (E * nF * D * F * a // (fs * tp) if casts else 0)
         # what the compilers keep beyond JAX's residual list: libtpu (its buffer report) six [b, T, F]
         # tensors of the FFN rather than its matmul inputs/outputs alone, and the queries before and after
