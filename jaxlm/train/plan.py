@@ -446,6 +446,10 @@ def activation_bytes(run: C.RunConfig, platform: str = "cpu") -> dict:
 
     An encoder-decoder's decoder layers (U target tokens) add a cross-attention sub-layer: a third norm,
     queries over U, keys/values over the T source tokens and [b, H, U, T] scores.
+
+    ``platform`` ("cpu" or "tpu") is the compiler planned for: what JAX lists is adjusted by what that
+    compiler was measured to keep (libtpu's buffer report; the per-layer slope and intercept of XLA:CPU's
+    memory analysis; benchmarks/RESULTS.md "The recount" and "The CPU matrix within 15 %").
     """
     cfg, t = run.model, run.train
     ms = _mesh_sizes(run)
