@@ -35,7 +35,9 @@ def check_divides(seq_len: int, context: int) -> None:
     """ConfigError naming the fix unless ``context`` divides ``seq_len`` (each device holds an equal block
     of every row)."""
     if context > 1 and seq_len % context:
-        ok = [c for c in range(2, context * 2 + 1) if seq_len % c == 0][:4]
+        # sizes that divide both: the mesh's other axes take up the rest of the devices
+        ok = [c for c in range(context - 1, 1, -1) if context % c == 0 and seq_len % c == 0]
+        ok = ok or [c for c in range(2, context * 2 + 1) if seq_len % c == 0][:4]
         near = context * max(1, round(seq_len / context))
         raise ConfigError(f"mesh.context={context} does not divide data.seq_len={seq_len}: context parallelism "
                           f"gives every device an equal block of each row. Use data.seq_len={near} or "

@@ -42,6 +42,9 @@ def test_context_must_divide_the_sequence():
         from jaxlm.nn import context
 
         context.check_divides(128, 3)
+    # on 8 devices context=8 for 100 tokens: the sizes offered divide both, so the mesh still multiplies out
+    with pytest.raises(ConfigError, match=r"data.seq_len=96 or mesh.context in \[4, 2\]"):
+        context.check_divides(100, 8)
     with pytest.raises(ConfigError, match="mesh.context=.* must be an integer"):
         C.MeshConfig(context=0)
 
