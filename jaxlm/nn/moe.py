@@ -228,9 +228,10 @@ def _dropless_dispatch(pe: dict, x: jax.Array, w: jax.Array, idx: jax.Array, c: 
     run the whole batch's experts on each device (the per-device step grew with the data-parallel size).
     Each shard all-gathers one layer's experts in the compute dtype, as FSDP does for a dense layer's
     weights, and asks (a remat policy on the gathered copy) for it to be gathered again in the backward pass
-    rather than kept; the transpose of the gather reduce-scatters the experts' gradients. The TPU compiler
-    was seen to keep the gathered copies of every layer anyway under ``remat="none"`` (benchmarks/RESULTS.md,
-    "Mixture of experts"), and the planner counts them."""
+    rather than kept; the transpose of the gather reduce-scatters the experts' gradients. With several
+    micro-batches and ``remat="none"`` the TPU compiler hoists the gathers (the same in every micro-batch)
+    out of the accumulation loop and keeps every layer's gathered copy (benchmarks/RESULTS.md, "Mixture of
+    experts, counted from the buffers"); the planner counts them."""
     B, T, D = x.shape
     placed = sharding.local_spec(x, ("batch", "seq", None))
     if placed is None or all(a is None for a in placed[1]):

@@ -513,11 +513,12 @@ def activation_bytes(run: C.RunConfig, platform: str = "cpu") -> dict:
         casts = 0
         if np.dtype(cfg.dtype) != np.dtype(cfg.param_dtype):
             casts = (len(attns) * (D * (H + 2 * G) * K + H * K * D) + max(E, 1) * nF * D * F) * a // (fs * tp)
-        if E and platform == "tpu" and fs > 1 and remat == "none":
+        if E and platform == "tpu" and fs > 1 and remat == "none" and t.grad_accum > 1:
             # the routed dispatch all-gathers a layer's experts over FSDP in the compute dtype (their hidden
-            # dimension split over tensor), and libtpu keeps that gathered copy for the backward pass (its
-            # buffer report: [layers, E, D, F / tensor] per expert matrix), not the cast shard; XLA:CPU
-            # gathers it again
+            # dimension split over tensor); with several micro-batches and no remat libtpu hoists that
+            # gather, the same in every micro-batch, out of the accumulation loop and keeps every layer's
+            # gathered copy (its buffer report: [layers, E, D, F / tensor] per expert matrix; not with one
+            # micro-batch or another policy, and not XLA:CPU)
             casts += E * nF * D * F * a // tp - (E * nF * D * F * a // (fs * tp) if casts else 0)
         # what the compilers keep beyond JAX's residual list: libtpu (its buffer report) six [b, T, F]
         # tensors of the FFN rather than its matmul inputs/outputs alone, and the queries before and after
