@@ -86,7 +86,7 @@ def _plan(args: argparse.Namespace) -> int:
         keys = {o.partition("=")[0].strip() for o in args.overrides}
         if "data.seq_len" not in keys:  # a preset alone: its full context
             run_cfg = run_cfg.replace(data=run_cfg.data.__class__(seq_len=run_cfg.model.max_len))
-        if "train.task" not in keys:  # ... and the task its family pretrains with (BERT: mlm, T5: seq2seq)
+        if "train.task" not in keys:  # ... and the task its family pretrains with (the first of its TASKS)
             from jaxlm.models import family_of
 
             run_cfg = run_cfg.replace(train=dataclasses.replace(run_cfg.train,

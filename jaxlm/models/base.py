@@ -272,7 +272,8 @@ REQUIRED = {
     "Config": "the frozen Config dataclass (a ModelConfig subclass with `family: ClassVar[str]`)",
     "PRESETS": "dict preset name -> Preset",
     "KIND": f"one of {KINDS}",
-    "TASKS": f"tuple of the training tasks it supports, from {TASKS}",
+    "TASKS": f"tuple of the training tasks it supports, from {TASKS}; the first is the one it pretrains "
+             "with (what `jaxlm plan PRESET` plans)",
     "HF": "its Hugging Face mapping (jaxlm.models.hfmap.HFMapping), or None when it has no HF counterpart",
     "spec": "spec(cfg) -> tree of Param",
     "init": "init(key, cfg, mesh=None) -> params",

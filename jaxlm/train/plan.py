@@ -43,7 +43,7 @@ from jaxlm import params as P
 from jaxlm import sharding
 from jaxlm.config import ConfigError
 from jaxlm.models import family_of
-from jaxlm.nn import attention, stack
+from jaxlm.nn import attention, ffn, stack
 from jaxlm.nn import flash as flash_lib
 from jaxlm.train import config as C
 
@@ -468,7 +468,7 @@ def activation_bytes(run: C.RunConfig, platform: str = "cpu") -> dict:
     Gt = G // tp if G % tp == 0 else G
     Ft = F // tp if F % tp == 0 else F
     Vt = V // tp if V % tp == 0 else V
-    gated = cfg.activation in ("swiglu", "geglu", "geglu_tanh")
+    gated = cfg.activation in ffn.GATED
     nF = 3 if gated else 2
     drop = cfg.dropout > 0 and t.dropout
     attn_drop = cfg.attn_dropout > 0 and t.dropout
@@ -549,9 +549,9 @@ def activation_bytes(run: C.RunConfig, platform: str = "cpu") -> dict:
             recomputed = 1.0 if drop else {"none": 0.5, "dots": 0.0, "dots_no_batch": 0.0, "full": 1.0}[remat]
             work = 1.15 * (recomputed * residuals + (tt if attn_drop else tt_elems * 8))
         if E and platform == "cpu":
-            # XLA:CPU's ragged_dot holds float32 [E, k*N, F] tensors, every expert over every routed row (the
-            # slope-and-intercept fit of mixtral-tiny: ~3.4 of them in the backward without remat, ~5.5 with
-            # the forward recomputed; linear in the tokens), where the grouped matmul needs [k*N, F]
+            # XLA:CPU's ragged_dot holds float32 [E, k*N, F] tensors, every expert over every routed row, where
+            # the grouped matmul needs [k*N, F]: four in the backward without remat, six with the forward
+            # recomputed (fitted: benchmarks/RESULTS.md "Mixture of experts, counted from the buffers")
             work += (4 if remat == "none" else 6) * E * k * b * Tq * Ft * 4
         # flash attention's backward holds one query block's float32 scores, probabilities and their two
         # gradients ([b, H, block_q, S] each) instead of the whole [T, S]
@@ -579,12 +579,14 @@ def _state_bytes(run: C.RunConfig) -> tuple[int, int, int]:
     _, state, _ = _abstract(run, None)
     p_bytes = sum(_shard_bytes(x.shape, x.dtype, x.sharding) for x in jax.tree.leaves(state.params))
     all_bytes = sum(_shard_bytes(x.shape, x.dtype, x.sharding) for x in jax.tree.leaves(state))
-    stacks: dict[str, int] = {}  # a stack of layers' parameters [n_layers, ...] -> one layer's bytes
-    for path, x in jax.tree_util.tree_flatten_with_path(state.params)[0]:
-        keys = [str(getattr(k, "key", k)) for k in path]
-        if "layers" in keys:
-            name = "/".join(keys[:keys.index("layers") + 1])
-            stacks[name] = stacks.get(name, 0) + _shard_bytes(x.shape, x.dtype, x.sharding) // x.shape[0]
+    # parameters stacked along the logical "layers" axis (nn/stack.spec), one layer's share of them, per
+    # top-level tree (a decoder's "layers"; an encoder-decoder's "encoder" and "decoder")
+    axes = P.flatten(P.logical_axes(family_of(run.model).spec(run.model)))
+    stacks: dict[str, int] = {}
+    for k, x in P.flatten(state.params).items():
+        if axes[k][:1] == ("layers",):
+            top = k.split("/")[0]
+            stacks[top] = stacks.get(top, 0) + _shard_bytes(x.shape, x.dtype, x.sharding) // x.shape[0]
     layer = max(stacks.values(), default=0)
     return p_bytes, all_bytes - p_bytes, layer
 
@@ -619,7 +621,7 @@ def estimate(run: C.RunConfig, topo: Topology, *, utilisation: float = 0.5) -> P
     if getattr(cfg, "n_experts", 0) and ms.get("data", 1) * fs > 1:
         # the MoE dispatch runs per shard of tokens: one layer's experts all-gathered in the compute dtype
         # (their hidden dimension stays split over tensor), in the forward and again in the backward
-        n_mats = 3 if cfg.activation in ("swiglu", "geglu", "geglu_tanh") else 2
+        n_mats = 3 if cfg.activation in ffn.GATED else 2
         one_layer = cfg.n_experts * n_mats * cfg.d_model * cfg.d_ff * np.dtype(cfg.dtype).itemsize
         gathered += 2 * one_layer / ms.get("tensor", 1)
     temps = grads + acts["kept"] + acts["one_layer"] + acts["loss"] + acts["mask"] + int(gathered)
