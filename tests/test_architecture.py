@@ -20,7 +20,7 @@ ROOT = Path(jaxlm.__file__).parent
 
 # lowest first; a module may import from lower layers and from its own package, nothing else
 LAYERS: list[set[str]] = [
-    {"jaxlm.config", "jaxlm.fileio"},
+    {"jaxlm.config", "jaxlm.fileio", "jaxlm.platforms"},
     {"jaxlm.params"},
     {"jaxlm.sharding"},
     {"jaxlm.nn", "jaxlm.losses", "jaxlm.metrics", "jaxlm.data"},
