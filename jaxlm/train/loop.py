@@ -20,9 +20,10 @@ import jax
 from jaxlm.train import config as C
 from jaxlm.train.hooks import Checkpointing, Evaluation, Hook, Loop, TrainingError, evaluate
 from jaxlm.train.logs import METRICS_FILE, MetricsFile, ProgressBar, TensorBoard, plot_losses
-from jaxlm.train.setup import Setup, StepCache, check_writable, merge_params, run_params, setup
+from jaxlm.train.preflight import check_run_dir
+from jaxlm.train.setup import Setup, StepCache, merge_params, run_params, setup
 
-__all__ = ["Hook", "Loop", "StepCache", "TrainingError", "check_writable", "evaluate", "log_hooks",
+__all__ = ["Hook", "Loop", "StepCache", "TrainingError", "check_run_dir", "evaluate", "log_hooks",
            "merge_params", "plot_losses", "run_params", "run_steps", "train", "update"]
 
 

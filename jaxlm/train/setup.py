@@ -13,7 +13,6 @@ would have, bit for bit.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,14 +28,15 @@ from jaxlm import metrics as M
 from jaxlm import params as P
 from jaxlm.config import ConfigError, parse_step
 from jaxlm.data import pipeline
-from jaxlm.fileio import RunDirLocked, RunLock, copy_atomic, private_tmp, write_text_atomic
+from jaxlm.fileio import RunDirLocked, RunLock, copy_atomic, write_text_atomic
 from jaxlm.finetune import lora
 from jaxlm.finetune.lora import LoRAConfig
 from jaxlm.models import active_params, family_of
 from jaxlm.nn import quant
 from jaxlm.parallel import Parallel
 from jaxlm.train import config as C
-from jaxlm.train.checkpoint import CHECKPOINTS, Checkpointer, StructureMismatch, saved_steps
+from jaxlm.train import preflight
+from jaxlm.train.checkpoint import Checkpointer, StructureMismatch, saved_steps
 from jaxlm.train.optim import make_optimizer
 from jaxlm.train.state import TrainState, create_state
 from jaxlm.train.step import make_eval_step, make_train_step
@@ -158,30 +158,6 @@ class Setup:
     @property
     def par(self) -> Parallel:
         return self.compiled.par
-
-
-def check_writable(run_dir: Path) -> None:
-    """Create ``run_dir`` and check that files can be written there and in its ``checkpoints/`` (when it
-    exists): ConfigError naming the fix if not. Checked up front because Orbax meets a read-only
-    checkpoints directory only at the first save, and then retries for minutes before failing."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--run-dir {run_dir} is a file; give a directory.")
-    for d in (run_dir, run_dir / CHECKPOINTS):
-        if d != run_dir and not d.is_dir():
-            continue
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            # one probe per process: the processes of a multi-process run share run_dir, and one removing a
-            # shared probe while another still writes it made the check fail at random
-            probe = private_tmp(d / ".write-test")
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as e:
-            if e.errno == errno.ENOSPC:  # space, not permission: a save says so in one line, and a resume
-                continue  # may still read the last good checkpoint (Orbax then clears its partial save)
-            what = "run directory" if d == run_dir else "checkpoint directory"
-            raise ConfigError(f"{what} {d} is not writable ({e.strerror}); make it writable or choose another "
-                              f"--run-dir.") from None
 
 
 def check_config(run_dir: Path, run: C.RunConfig, say: Callable[..., None]) -> list[str]:
@@ -424,12 +400,16 @@ def setup(run: C.RunConfig, run_dir: str | Path, *, quiet: bool = False,
     processes of one multi-process job share the directory): a second writer fails at once with a
     ConfigError naming the holder, before it writes anything. ``Setup.lock`` is released by the caller
     (:func:`jaxlm.train.loop.train`) when training ends, or here when setup fails."""
-    check_writable(Path(run_dir))
+    run_dir = Path(run_dir)
+    preflight.check_run_dir(run_dir, C.resolve(run))  # every fault of the directory, nothing written yet
+    run_dir.mkdir(parents=True, exist_ok=True)
     try:
         lock = RunLock(run_dir) if jax.process_index() == 0 else None
     except RunDirLocked as e:
         raise ConfigError(str(e)) from None
     try:
+        if lock is not None:  # a fresh start keeps, not overwrites, an earlier start's logs
+            preflight.keep_history(run_dir, (lambda m: None) if quiet else (lambda m: print(m, flush=True)))
         s, state = _setup(run, run_dir, quiet=quiet, cache=cache)
     except BaseException:
         if lock is not None:
