@@ -84,7 +84,23 @@ def run(prog: str, fn: Callable[[], int | None], *, also: tuple[type[BaseExcepti
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line (``PROG: error: ...; see PROG --help``), exit 2."""
+    """An ArgumentParser whose usage errors are one line (``PROG: error: ...; see PROG --help``), exit 2,
+    and whose :meth:`parse_args` lets flags and positionals (paths, ``key=value`` overrides) come in any
+    order: ``jaxlm eval RUN --step best data.eval_path=x`` parses like ``jaxlm eval RUN data.eval_path=x
+    --step best``."""
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """The namespace of ``args`` with positionals and flags intermixed
+        (:meth:`argparse.ArgumentParser.parse_intermixed_args`). Plain ``parse_args`` stops filling a
+        ``nargs="*"`` positional at the first flag, so overrides after a flag were "unrecognized"."""
+        return self.parse_intermixed_args(args, namespace)
+
+    def add_argument(self, *args, **kwargs):  # type: ignore[override]
+        """As :meth:`argparse.ArgumentParser.add_argument`; a ``nargs="*"`` positional defaults to ``[]``,
+        so a usage error does not list it among the missing required arguments."""
+        if args and not args[0].startswith(self.prefix_chars) and kwargs.get("nargs") == "*":
+            kwargs.setdefault("default", [])
+        return super().add_argument(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")

@@ -19,7 +19,8 @@ from pathlib import Path
 from jaxlm.commands import Parser, run
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of ``jaxlm convert``."""
     ap = Parser(prog="jaxlm convert", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
@@ -55,7 +56,7 @@ def _check_out(path: str | None, flag: str, force: bool) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     # exit code 1 for every error, as before; ImportError: an optional dependency missing; KeyError: a
     # tensor the checkpoint lacks
     return run("jaxlm convert", lambda: _convert(args), also=(ImportError, KeyError), code=1)

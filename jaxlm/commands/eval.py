@@ -7,6 +7,7 @@ batch settings (e.g. ``data.eval_path=other.txt train.eval_batches=50``); the mo
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -47,16 +48,21 @@ def evaluate_run(run_dir: str, overrides: list[str] = (), step: int | str | None
     return {"step": loaded.extra["step"], **out}
 
 
-def main(argv: list[str]) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of ``jaxlm eval``."""
+    from jaxlm.config import parse_step
+
     p = Parser(prog="jaxlm eval", description=__doc__)
     p.add_argument("run_dir", help="a jaxlm run directory")
     p.add_argument("overrides", nargs="*", help="key=value overrides of data.* / train.eval_batches etc.")
-    from jaxlm.config import parse_step
-
     p.add_argument("--step", type=parse_step, default=None,
                    help="checkpoint: a step number, 'best' (by train.best_metric) or 'latest' (default)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
     return run("jaxlm eval", lambda: _eval(args))
 
 

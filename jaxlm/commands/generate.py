@@ -25,7 +25,8 @@ from jaxlm.commands import Parser, run
 from jaxlm.config import ConfigError
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of ``jaxlm generate``."""
     ap = Parser(prog="jaxlm generate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("path", help="jaxlm run directory, Hugging Face checkpoint directory or .gguf file")
@@ -143,7 +144,7 @@ def _vocab_limit(args, loaded) -> int | None:
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     return run("jaxlm generate", lambda: _generate(args))
 
 

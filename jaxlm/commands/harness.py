@@ -12,13 +12,15 @@ batched with padding). Prints lm-eval's results table; ``--output FILE`` writes 
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 from jaxlm.commands import Parser, run
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of ``jaxlm harness``."""
     p = Parser(prog="jaxlm harness", description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="a jaxlm run directory, Hugging Face directory or .gguf file")
     p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
@@ -30,7 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--add-bos-token", action="store_true", help="prepend BOS to every encoding")
     p.add_argument("--log-samples", action="store_true", help="keep every request's scores in --output")
     p.add_argument("--output", default=None, help="write the results JSON here")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parser().parse_args(argv)
 
     def work() -> int:
         try:

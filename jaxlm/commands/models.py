@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from jaxlm.commands import Parser
 from jaxlm.models import REGISTRY
 from jaxlm.params import count
@@ -20,7 +22,12 @@ def table() -> str:
     return "\n".join([fmt(header), fmt(tuple("-" * n for n in w)), *map(fmt, rows)])
 
 
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of ``jaxlm models`` (no arguments but ``--help``)."""
+    return Parser(prog="jaxlm models", description=__doc__)
+
+
 def main(argv: list[str]) -> int:
-    Parser(prog="jaxlm models", description=__doc__).parse_args(argv)
+    parser().parse_args(argv)
     print(table())
     return 0
