@@ -84,7 +84,7 @@ def every_preset(topo: str, timeout: int) -> None:
     """One compiled plan per preset (its family's task, its full context, one sequence per chip, FSDP over
     the slice, bfloat16 compute): the verdict, the compiler's GiB per chip and how long the answer took."""
     from jaxlm.models import REGISTRY
-    from jaxlm.train.plan import parse_topology
+    from jaxlm.plan import parse_topology
 
     chips = parse_topology(topo).chips
     print("| preset | GiB / chip (TPU compiler) | verdict | seconds | command |\n|---|---:|---|---:|---|")
@@ -111,8 +111,8 @@ def every_preset(topo: str, timeout: int) -> None:
 def analytic(rows, out: Path) -> None:
     """The same rows from `jaxlm plan ... --search --analytic` (no compiler): labelled analytic."""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from jaxlm import plan as PL
     from jaxlm.train import config as C
-    from jaxlm.train import plan as PL
 
     for preset, topo in rows:
         cmd = command(preset, topo, ["--analytic"])

@@ -28,6 +28,7 @@ LAYERS: list[set[str]] = [
     {"jaxlm.finetune"},
     {"jaxlm.parallel", "jaxlm.distributed"},
     {"jaxlm.train", "jaxlm.generate", "jaxlm.convert"},
+    {"jaxlm.plan"},
     {"jaxlm.pretrained"},
     {"jaxlm.evaluation", "jaxlm.interop"},
     {"jaxlm.commands", "jaxlm.cli", "jaxlm"},
@@ -128,8 +129,8 @@ NOT_FAMILY_NAMES = {("jaxlm/convert/tokenizer.py", "qwen2")}
 
 
 def test_no_family_names_outside_the_family_files():
-    """train/, generate/, convert/ and commands/ know families only through the registry and the family
-    contract: no string literal names a family (or a Hugging Face model_type a family maps)."""
+    """train/, generate/, convert/, plan/ and commands/ know families only through the registry and the
+    family contract: no string literal names a family (or a Hugging Face model_type a family maps)."""
     from jaxlm.models import FAMILIES
 
     names = set(FAMILIES)
@@ -137,7 +138,7 @@ def test_no_family_names_outside_the_family_files():
         hf = getattr(mod, "HF", None)
         names |= set(getattr(hf, "model_types", ()) or ())
     found = []
-    for sub in ("train", "generate", "convert", "commands", "finetune"):
+    for sub in ("train", "generate", "convert", "plan", "commands", "finetune"):
         for path in sorted((ROOT / sub).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:

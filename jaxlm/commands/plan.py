@@ -69,9 +69,9 @@ def _plan(args: argparse.Namespace) -> int:
     _start_jax(args.topology)
     from pathlib import Path
 
+    from jaxlm import plan as PL
     from jaxlm.config import ConfigError
     from jaxlm.train import config as C
-    from jaxlm.train import plan as PL
 
     if not 0 < args.utilisation <= 1:
         raise ConfigError(f"--utilisation={args.utilisation} must be in (0, 1] (e.g. 0.5).")

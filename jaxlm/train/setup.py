@@ -116,7 +116,7 @@ class StepCache:
 
 def build(task: Task, run: C.RunConfig, *, devices=None) -> Compiled:
     """The optimizer, :class:`Parallel` and (not yet compiled) steps of ``run`` with ``task``. ``devices``:
-    the mesh's devices (default all; :mod:`jaxlm.train.plan` passes a TPU slice's compile-only devices)."""
+    the mesh's devices (default all; :mod:`jaxlm.plan` passes a TPU slice's compile-only devices)."""
     cfg, t = run.model, run.train
     lcfg = run.finetune.lora.config() if run.finetune.lora.enabled else None
     spec = family_of(cfg).spec(cfg)

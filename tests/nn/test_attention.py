@@ -221,8 +221,8 @@ def test_auto_attention_is_chosen_by_the_platform_traced_for():
 def test_auto_attention_keeps_no_scores_in_the_tpu_plan():
     """The planner resolves "auto" for the platform it plans: the [T, S] scores counted on CPU are gone on
     TPU (flash), as with attn_impl="flash"."""
+    from jaxlm import plan as PL
     from jaxlm.train import config as C
-    from jaxlm.train import plan as PL
 
     run = C.resolve(C.apply_overrides(C.RunConfig(model="llama-tiny"), {"data.seq_len": "128", "model.remat": "none"}))
     auto = PL.activation_bytes(run, "tpu")

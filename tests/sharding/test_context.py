@@ -50,7 +50,7 @@ def test_context_must_divide_the_sequence():
 
 
 def test_plan_checks_context_against_the_sequence():
-    from jaxlm.train import plan as PL
+    from jaxlm import plan as PL
 
     run = C.apply_overrides(C.RunConfig(model="gpt2-tiny"), {"mesh.context": "3", "mesh.data": "-1",
                                                             "data.seq_len": "128"})

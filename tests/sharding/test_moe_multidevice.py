@@ -46,10 +46,10 @@ def test_mixtral_experts_sharded_train_the_same_losses():
 
 
 def plan_worker(topology: str, spec: str, devices: int = 8) -> dict:
-    """tests/train/worker_plan.py in its own process: the compiled plan of ``spec`` on ``topology``."""
+    """tests/plan/worker_plan.py in its own process: the compiled plan of ``spec`` on ``topology``."""
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, str(REPO / "tests" / "train" / "worker_plan.py"), topology, spec],
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "plan" / "worker_plan.py"), topology, spec],
                           capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])[spec]

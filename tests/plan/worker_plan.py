@@ -1,4 +1,4 @@
-"""Compile train steps with `jaxlm.train.plan` and print the plans as JSON (last stdout line).
+"""Compile train steps with `jaxlm.plan` and print the plans as JSON (last stdout line).
 
     worker_plan.py TOPOLOGY 'PRESET:REMAT:DATAxFSDPxTENSOR[:BATCH:SEQ]' ...
 
@@ -12,8 +12,8 @@ import sys
 
 
 def main() -> None:
+    from jaxlm import plan as PL
     from jaxlm.train import config as C
-    from jaxlm.train import plan as PL
 
     topo = PL.parse_topology(sys.argv[1])
     out = {}

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from jaxlm import plan as PL
 from jaxlm.commands import plan as cmd
 from jaxlm.config import ConfigError
 from jaxlm.train import config as C
-from jaxlm.train import plan as PL
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -93,7 +93,7 @@ def test_a_held_libtpu_lockfile_is_one_clear_error(monkeypatch):
                            '/tmp/libtpu_lockfile".')
 
     monkeypatch.setenv("ALLOW_MULTIPLE_LIBTPU_LOAD", "0")  # restored after the test (devices() sets a default)
-    monkeypatch.setattr(PL, "has_libtpu", lambda: True)
+    monkeypatch.setattr(PL.topology, "has_libtpu", lambda: True)  # the module devices() reads it from
     monkeypatch.setattr(topologies, "get_topology_desc", held)
     with pytest.raises(ConfigError, match="libtpu is in use by another process .* or use --analytic"):
         PL.devices(PL.parse_topology("v5e-16"))
