@@ -47,7 +47,8 @@ def main(argv: list[str]) -> int:
 
 
 def _start_jax(topology: str) -> None:
-    """Before jax starts: ``cpu:N`` needs N host devices; TPU topologies compile on the CPU host (no TPU)."""
+    """Before jax starts: ``cpu:N`` needs N host devices; TPU topologies compile on the CPU host (no TPU),
+    with libtpu shared with other processes when no TPU is attached."""
     if "jax" in sys.modules and getattr(sys.modules["jax"], "_src", None) is not None:
         from jax._src import xla_bridge
 
@@ -63,6 +64,11 @@ def _start_jax(topology: str) -> None:
     # libtpu looks for TPU hardware and warns at length when there is none; compile-only needs none
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", "")
+    # without a TPU, let this planner load libtpu beside other processes (another planner, a run that
+    # loaded it): set before anything in this process can load libtpu, not only before the compile
+    from jaxlm.plan.topology import share_libtpu
+
+    share_libtpu()
 
 
 def _plan(args: argparse.Namespace) -> int:
