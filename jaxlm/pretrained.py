@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -116,11 +117,13 @@ QUANTIZE_CHOICES = ("int8", "int4", "gguf")
 
 
 def load_quantized(path: str | Path, mode: str, group: int | None = None, embed: bool = False,
-                   **kw: Any) -> Loaded:
+                   report: Callable[[str], None] | None = None, **kw: Any) -> Loaded:
     """:func:`load`, then weight-only quantization (:mod:`jaxlm.nn.quant`): ``mode="int8"`` (per output
-    channel) or ``"int4"`` (``group`` values per scale, default 128) on every matmul weight (``embed``: the
-    token table and an untied head too); ``"gguf"`` keeps a GGUF file's own Q8_0/Q4_0/Q4_1 blocks. A model
-    that is already quantized (a directory written by ``jaxlm convert --quantize``) is returned as it is."""
+    channel) or ``"int4"`` (``group`` values per scale; without it 128, or per weight whose input size is not
+    a multiple of 128 the largest even size that divides it, named to ``report`` in one line) on every matmul
+    weight (``embed``: the token table and an untied head too); ``"gguf"`` keeps a GGUF file's own
+    Q8_0/Q4_0/Q4_1 blocks. A model that is already quantized (a directory written by ``jaxlm convert
+    --quantize``) is returned as it is."""
     import dataclasses
 
     from jaxlm.nn import quant
@@ -135,5 +138,6 @@ def load_quantized(path: str | Path, mode: str, group: int | None = None, embed:
     loaded = load(path, **kw)
     if quant.describe(loaded.params):
         return loaded
-    params = quant.quantize(loaded.params, loaded.family.spec(loaded.config), mode, group, embed=embed, head=embed)
+    params = quant.quantize(loaded.params, loaded.family.spec(loaded.config), mode, group, embed=embed, head=embed,
+                            report=report)
     return dataclasses.replace(loaded, params=params)

@@ -14,6 +14,7 @@ a params directory, a GGUF file, an HF directory) and writes config.json + model
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from jaxlm.commands import Parser, run
@@ -38,7 +39,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--quantize", choices=("int8", "int4", "gguf"), default=None,
                     help="weight-only quantization of the matmul weights: int8 (per output channel), int4 "
                          "(--group-size values per scale), or gguf (keep a .gguf file's Q8_0/Q4_0/Q4_1 blocks)")
-    ap.add_argument("--group-size", type=int, default=None, help="int4 group size (default 128; 32..128)")
+    ap.add_argument("--group-size", type=int, default=None,
+                    help="int4 values per scale (default 128, or for a weight whose input size is not a multiple "
+                         "of 128 the largest even size below 128 that divides it)")
     ap.add_argument("--quantize-embeddings", action="store_true",
                     help="with --quantize: also the token table (and an untied output head)")
     return ap
@@ -112,6 +115,7 @@ def _convert(args: argparse.Namespace) -> int:
             raise ValueError(f"--from-gguf {src}: expected a .gguf file.")
         if args.quantize is not None:  # written quantized: loads back as QArrays, without re-quantizing
             loaded = pretrained.load_quantized(src, args.quantize, args.group_size, args.quantize_embeddings,
+                                               report=lambda m: print(f"jaxlm convert: {m}", file=sys.stderr),
                                                dtype=args.dtype)
         else:
             loaded = pretrained.load(src, dtype=args.dtype)

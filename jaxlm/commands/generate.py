@@ -46,7 +46,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--quantize", choices=("int8", "int4", "gguf"), default=None,
                     help="weight-only quantization of the matmul weights: int8 (per output channel), int4 "
                          "(--group-size values per scale), or gguf (keep a .gguf file's Q8_0/Q4_0/Q4_1 blocks)")
-    ap.add_argument("--group-size", type=int, default=None, help="int4 group size (default 128; 32..128)")
+    ap.add_argument("--group-size", type=int, default=None,
+                    help="int4 values per scale (default 128, or for a weight whose input size is not a multiple "
+                         "of 128 the largest even size below 128 that divides it)")
     ap.add_argument("--quantize-embeddings", action="store_true",
                     help="with --quantize: also the token table (and an untied output head)")
     from jaxlm.config import parse_step
@@ -166,7 +168,8 @@ def _generate(args: argparse.Namespace) -> int:
                          f"drop --step.")
     kw = {"step": args.step} if args.step is not None else {}
     if args.quantize is not None:
-        loaded = pretrained.load_quantized(args.path, args.quantize, args.group_size, args.quantize_embeddings, **kw)
+        loaded = pretrained.load_quantized(args.path, args.quantize, args.group_size, args.quantize_embeddings,
+                                           report=lambda m: print(f"jaxlm generate: {m}", file=sys.stderr), **kw)
     else:
         loaded = pretrained.load(args.path, **kw)
     ids = _encode(args, loaded)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -41,6 +41,7 @@ import numpy as np
 from jaxlm import params as P
 
 MODES = ("int8", "int4")
+DEFAULT_GROUP = 128  # int4 values per scale when no group size is given (fewer where the input size asks)
 
 
 @jax.tree_util.register_dataclass
@@ -140,13 +141,25 @@ def _check_in_axes(shape: tuple[int, ...], in_axes: Sequence[int], what: str) ->
     return tuple(a - n for a in ax)
 
 
+def default_group(n_in: int) -> int:
+    """The int4 group size used when none is given, for a weight whose flattened input size is ``n_in``: the
+    largest even size <= :data:`DEFAULT_GROUP` (128) that divides ``n_in`` (128 for a multiple of 128, 96 for
+    SmolLM2's 576, 86 for 172, ``n_in`` itself for an even ``n_in`` below 128); 2 for an odd ``n_in``, whose
+    last input axis is odd too and cannot be packed (:func:`quantize_array` says so)."""
+    for g in range(min(DEFAULT_GROUP, n_in) // 2 * 2, 1, -2):
+        if n_in % g == 0:
+            return g
+    return 2
+
+
 def quantize_array(w, mode: str = "int8", group: int | None = None, in_axes: Sequence[int] = (-2,),
                    what: str = "weight") -> QArray:
     """A float weight -> :class:`QArray`, symmetric (absmax) scales.
 
     ``mode="int8"``: per output channel (one scale per output element over all input axes) unless ``group``
-    is given; ``mode="int4"``: ``group`` values per scale (default 128) along the flattened ``in_axes``.
-    A group size that does not divide the input size, or a weight with no output axis, is a ValueError.
+    is given; ``mode="int4"``: ``group`` values per scale along the flattened ``in_axes`` (default:
+    :func:`default_group` of the input size, 128 where it is a multiple of 128). A given group size that
+    does not divide the input size, or a weight with no output axis, is a ValueError.
     """
     if mode not in MODES:
         raise ValueError(f"unknown quantization mode {mode!r}; choose one of {MODES}.")
@@ -160,7 +173,9 @@ def quantize_array(w, mode: str = "int8", group: int | None = None, in_axes: Seq
     i0, i1 = n + in_axes[0], n + in_axes[-1] + 1
     n_in = math.prod(shape[i0:i1])
     bits = 8 if mode == "int8" else 4
-    g = n_in if group is None and bits == 8 else (128 if group is None else int(group))
+    if bits == 4 and shape[i1 - 1] % 2 and group is None:  # no group size fits: say why in the user's terms
+        raise ValueError(_odd_packing(what, shape[i1 - 1]))
+    g = int(group) if group is not None else n_in if bits == 8 else default_group(n_in)
     if g < 1 or n_in % g:
         raise ValueError(f"{what}: group size {g} does not divide its input size {n_in} (shape {shape}, input "
                          f"axes {in_axes}): choose a group size that divides {n_in}"
@@ -168,8 +183,7 @@ def quantize_array(w, mode: str = "int8", group: int | None = None, in_axes: Seq
     if bits == 4 and g % 2:
         raise ValueError(f"{what}: int4 groups hold pairs of values; group size {g} must be even.")
     if bits == 4 and shape[i1 - 1] % 2:
-        raise ValueError(f"{what}: int4 packs two values per byte along the last input axis, whose size "
-                         f"{shape[i1 - 1]} is odd; use int8 for this weight.")
+        raise ValueError(_odd_packing(what, shape[i1 - 1]))
     wg = w.astype(jnp.float32).reshape(shape[:i0] + (n_in // g, g) + shape[i1:])
     qmax = 127.0 if bits == 8 else 7.0
     amax = jnp.max(jnp.abs(wg), axis=i0 + 1)
@@ -180,6 +194,11 @@ def quantize_array(w, mode: str = "int8", group: int | None = None, in_axes: Seq
     else:
         q = pack_int4((qv + 8).astype(jnp.uint8), i1 - 1)
     return QArray(q=q, scale=scale.astype(jnp.float32), zero=None, bits=bits, group=g, in_axes=in_axes)
+
+
+def _odd_packing(what: str, size: int) -> str:
+    return (f"{what}: int4 packs two values per byte along the last input axis, whose size {size} is odd; "
+            f"use int8 for this weight.")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -252,16 +271,19 @@ def weight_in_axes(path: str, p: P.Param) -> tuple[int, ...] | None:
 
 
 def quantize(params: Mapping, spec: Mapping, mode: str = "int8", group: int | None = None, *,
-             embed: bool = False, head: bool = False) -> dict:
+             embed: bool = False, head: bool = False, report: Callable[[str], None] | None = None) -> dict:
     """Every matmul weight of ``params`` (a model's tree, described by ``spec = family.spec(cfg)``) as a
     :class:`QArray`: ``mode="int8"`` per output channel (``group`` optional), ``"int4"`` with ``group``
-    (default 128) values per scale. ``embed``: also the token table (int8 per token row / int4 groups along
-    D; with tied embeddings that is the output head too); ``head``: also an untied ``lm_head``. Norms, biases
+    values per scale; without ``group``, 128 per scale, or per weight whose input size is not a multiple of
+    128 the largest even size below that divides it (:func:`default_group`), which ``report`` is told in one
+    line (:func:`group_note`). ``embed``: also the token table (int8 per token row / int4 groups along D;
+    with tied embeddings that is the output head too); ``head``: also an untied ``lm_head``. Norms, biases
     and positions stay float. Already-quantized leaves are kept as they are."""
     if mode not in MODES:
         raise ValueError(f"unknown quantization mode {mode!r}; choose one of {MODES}.")
     fs, fp = P.flatten(spec), P.flatten(params)
     out = {}
+    chosen: dict[int, int] = {}  # int4 without a group size: input size -> the group it got
     for k, v in fp.items():
         p = fs.get(k)
         ax = None if p is None or isinstance(v, QArray) else weight_in_axes(k, p)
@@ -272,7 +294,29 @@ def quantize(params: Mapping, spec: Mapping, mode: str = "int8", group: int | No
             continue
         # int8 on the token table: per row (group = D) so a lookup reads one scale per token
         out[k] = quantize_array(v, mode, group, ax, what=k)
+        if mode == "int4" and group is None:
+            n_in = math.prod(np.shape(v)[a] for a in out[k].in_axes)
+            chosen[n_in] = out[k].group
+    note = group_note(chosen)
+    if note and report is not None:
+        report(note)
     return P.unflatten(out)
+
+
+def group_note(chosen: Mapping[int, int]) -> str | None:
+    """One line naming the int4 group sizes picked below 128 (``chosen``: input size -> group size, as
+    :func:`quantize` picked them), e.g. ``int4: group size 96 for the weights whose input size 576 is not
+    a multiple of 128 (128 for the others)``; None when every weight got 128."""
+    odd = {n: g for n, g in sorted(chosen.items()) if g != DEFAULT_GROUP}
+    if not odd:
+        return None
+    rest = f"; {DEFAULT_GROUP} for the others" if len(odd) < len(chosen) else ""
+    if len(odd) == 1:
+        (n, g), = odd.items()
+        return (f"int4: group size {g} for the weights whose input size {n} is not a multiple of "
+                f"{DEFAULT_GROUP}{f' ({rest[2:]})' if rest else ''}")
+    sizes = ", ".join(f"{g} for input size {n}" for n, g in odd.items())
+    return f"int4: group size {sizes} (not multiples of {DEFAULT_GROUP}{rest})"
 
 
 def dequantize(params: Mapping, dtype=jnp.float32) -> dict:

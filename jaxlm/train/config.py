@@ -245,7 +245,8 @@ class LoRASettings:
     over projection paths (comma-separated on the command line), ``alpha``: the update is scaled by
     ``alpha / rank``, ``dropout``: on the adapters' input. ``quantize``: QLoRA (Dettmers et al. 2023): the
     frozen base's matmul weights held as int8 (per output channel) or int4 (``quant_group`` values per
-    scale, 0 = 128) by :func:`jaxlm.nn.quant.quantize`, never as a float copy; "" keeps the base float."""
+    scale; 0 = 128, or for a weight whose input size is not a multiple of 128 the largest even size below
+    that divides it) by :func:`jaxlm.nn.quant.quantize`, never as a float copy; "" keeps the base float."""
 
     rank: int = 0
     targets: str = "layers/attn/(q|v)"  # comma-separated regular expressions
@@ -262,7 +263,8 @@ class LoRASettings:
         C.check_choice("finetune.lora.quantize", self.quantize, ("", "int8", "int4"))
         if not _integer(self.quant_group) or self.quant_group < 0 or (self.quant_group and self.quant_group % 2):
             raise C.ConfigError(f"finetune.lora.quant_group={self.quant_group!r} must be an even integer >= 2 "
-                                f"(e.g. 64; 0 = the default, 128 for int4).")
+                                f"(e.g. 64; 0 = the default: 128 for int4, less where 128 does not divide a "
+                                f"weight's input).")
         # LoRAConfig checks every field, naming the finetune.lora key (also while off: a bad value is an error)
         LoRAConfig(targets=self._patterns(), rank=self.rank or 1, alpha=self.alpha, dropout=self.dropout)
 

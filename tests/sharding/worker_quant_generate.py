@@ -1,7 +1,8 @@
 """Greedy generation from weight-only quantized parameters sharded over 8 CPU devices and on one device;
 print both (tokens, logits, the PartitionSpecs of q and scale) as JSON.
 
-usage: worker_quant_generate.py MODEL MODE GROUP   (MODE: int8 | int4; GROUP: int4 group size or 0)
+usage: worker_quant_generate.py MODEL MODE GROUP [KEY=INT ...]   (MODE: int8 | int4; GROUP: the group size or 0
+for the default; KEY=INT: model config overrides, e.g. d_model=576)
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from jaxlm.generate import generate  # noqa: E402
 from jaxlm.nn import quant  # noqa: E402
 
 
-def main(name: str, mode: str, group: int) -> dict:
+def main(name: str, mode: str, group: int, overrides: dict[str, int]) -> dict:
     module, _ = models.get(name)
-    cfg = C.model_config(name)
+    cfg = C.model_config(name).replace(**overrides)
     spec = module.spec(cfg)
     params = quant.quantize(module.init(jax.random.key(0), cfg), spec, mode, group or None, embed=True, head=True)
     rng = np.random.default_rng(0)
@@ -38,10 +39,14 @@ def main(name: str, mode: str, group: int) -> dict:
     with sharding.use_mesh(mesh):
         out["sharded"] = run(sharded)
     w = sharded["layers"]["attn"]["q"]["w"]
-    out["specs"] = {f: [None if s is None else (list(s) if isinstance(s, tuple) else s)
-                        for s in getattr(w, f).sharding.spec] for f in ("q", "scale")}
+    spec_of = lambda a: [None if s is None else (list(s) if isinstance(s, tuple) else s)  # noqa: E731
+                         for s in a.sharding.spec]
+    out["specs"] = {f: spec_of(getattr(w, f)) for f in ("q", "scale")}
+    out["specs"]["wo_scale"] = spec_of(sharded["layers"]["mlp"]["wo"]["w"].scale)
+    out["groups"] = {k: d["group"] for k, d in quant.describe(params).items()}
     return out
 
 
 if __name__ == "__main__":
-    C.print_json(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+    kv = dict(a.split("=", 1) for a in sys.argv[4:])
+    C.print_json(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), {k: int(v) for k, v in kv.items()}))
