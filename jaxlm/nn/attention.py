@@ -36,6 +36,12 @@ Variants used by today's checkpoints (all off by default):
 - biases on q/k/v only (Qwen2): ``qkv_bias=True`` with ``use_bias=False`` (the output projection follows
   ``use_bias``);
 - RoPE scaling: ``rope_type`` "linear" or "llama3" (:func:`jaxlm.nn.positions.rope_frequencies`);
+- QK-norm (``qk_norm``): an RMSNorm with a learned scale on the queries and on the keys, after their
+  projection and before RoPE. ``"head"`` normalises each head over its K features with one [K] scale shared
+  by the heads (Qwen3, Qwen team 2025, "Qwen3 Technical Report"); ``"full"`` normalises the whole projection,
+  all H * K (keys: G * K) features of a token together, with an [H, K] ([G, K]) scale (OLMo 2, Team OLMo
+  2024, "2 OLMo 2 Furious", §3.1). Both live in :func:`project_q` / :func:`project_kv`, so the KV-cache
+  decode loop, which calls those, normalises exactly as the full forward does;
 - sliding-window (local) attention is a mask (:func:`jaxlm.nn.masks.window_mask`), so it runs on every
   implementation. Per layer (Mistral all local, Gemma 2 local/global, GPT-Neo global/local), the decoder
   (:func:`jaxlm.models.decoder.run_layers`) builds the global and the local causal mask once and each layer
@@ -59,10 +65,12 @@ import jax.numpy as jnp
 
 from jaxlm import sharding
 from jaxlm.nn import context as context_parallel
-from jaxlm.nn import flash, linear
+from jaxlm.nn import flash, linear, norms
 from jaxlm.nn import positions as pos_enc
+from jaxlm.params import Param, ones
 
 IMPLS = ("auto", "reference", "xla", "cudnn", "flash")
+QK_NORMS = (None, "head", "full")  # see the module docstring
 _NEG = -1e30  # finite, so fully-masked rows give a uniform (not NaN) distribution
 
 
@@ -92,6 +100,8 @@ class AttentionConfig:
     scale: float | None = None  # multiplies q.k; None = head_dim ** -0.5
     softcap: float | None = None  # scores -> softcap * tanh(scores / softcap) (Gemma 2)
     qkv_bias: bool | None = None  # bias on q/k/v; None = use_bias (the output projection follows use_bias)
+    qk_norm: str | None = None  # RMSNorm on q and k before RoPE: "head" (Qwen3) or "full" (OLMo 2); QK_NORMS
+    qk_norm_eps: float = 1e-6
 
     @property
     def kv_heads(self) -> int:
@@ -120,16 +130,36 @@ def config(cfg) -> AttentionConfig:
 
 def spec(cfg) -> dict:
     """q: [D, H, K], k/v: [D, G, K], o: [H, K, D] (+ q/k/v biases when ``qkv_bias`` (default ``use_bias``),
-    the o bias when ``use_bias``)."""
+    the o bias when ``use_bias``; + ``q_norm``/``k_norm`` scales with ``qk_norm``: [K] each for ``"head"``,
+    [H, K] / [G, K] for ``"full"``)."""
     c = config(cfg)
     D, H, G, K = c.d_model, c.n_heads, c.kv_heads, c.k_dim
     qb = c.has_qkv_bias
-    return {
+    p = {
         "q": linear.spec(c, (D,), (H, K), ("embed",), ("heads", "head_dim"), bias=qb),
         "k": linear.spec(c, (D,), (G, K), ("embed",), ("kv_heads", "head_dim"), bias=qb),
         "v": linear.spec(c, (D,), (G, K), ("embed",), ("kv_heads", "head_dim"), bias=qb),
         "o": linear.spec(c, (H, K), (D,), ("heads", "head_dim"), ("embed",), scale=c.out_scale),
     }
+    if c.qk_norm not in QK_NORMS:
+        raise ValueError(f"qk_norm={c.qk_norm!r} is not one of {QK_NORMS} (None: off; 'head': per head over "
+                         f"head_dim, Qwen3; 'full': over the whole projection, OLMo 2).")
+    if c.qk_norm is not None:
+        dt = jnp.dtype(c.param_dtype)
+        for name, n, axis in (("q_norm", H, "heads"), ("k_norm", G, "kv_heads")):
+            shape, axes = ((K,), ("head_dim",)) if c.qk_norm == "head" else ((n, K), (axis, "head_dim"))
+            p[name] = {"scale": Param(shape, axes, ones, dt)}
+    return p
+
+
+def qk_norm(p: dict | None, x: jax.Array, cfg) -> jax.Array:
+    """The QK-norm of queries [B, T, H, K] or keys [B, S, G, K] (``p``: their ``q_norm`` / ``k_norm``): RMSNorm
+    over K for ``qk_norm="head"``, over the last two axes (all heads together) for ``"full"``, ``x`` itself
+    when off. Statistics in float32, as :func:`jaxlm.nn.norms.rms_norm`."""
+    c = config(cfg)
+    if c.qk_norm is None:
+        return x
+    return norms.rms_norm(x, p["scale"], c.qk_norm_eps, axis=-1 if c.qk_norm == "head" else (-2, -1))
 
 
 def softmax_attention(
@@ -244,21 +274,25 @@ def _group(x: jax.Array, G: int, h: int) -> jax.Array:
 
 
 def project_q(p: dict, x: jax.Array, cfg, positions: jax.Array | None = None) -> jax.Array:
-    """Queries for ``x`` [B, T, D] -> [B, T, H, K]; RoPE applied when ``pos_emb == "rope"``."""
+    """Queries for ``x`` [B, T, D] -> [B, T, H, K]; QK-norm with ``qk_norm``, then RoPE when
+    ``pos_emb == "rope"``."""
     c = config(cfg)
     q = linear.apply(p["q"], x, "BTD,DHK->BTHK", jnp.dtype(c.dtype))
+    q = qk_norm(p.get("q_norm"), q, c)  # before RoPE, as Qwen3 and OLMo 2 do
     if c.pos_emb == "rope":
         q = pos_enc.apply_rope(q, positions, c.rope_theta, c.inv_freq())
     return q
 
 
 def project_kv(p: dict, x: jax.Array, cfg, positions: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """Keys and values for ``x`` [B, S, D] -> ([B, S, G, K], [B, S, G, K]); RoPE applied to keys when
+    """Keys and values for ``x`` [B, S, D] -> ([B, S, G, K], [B, S, G, K]); QK-norm on the keys with
+    ``qk_norm``; RoPE applied to keys when
     ``pos_emb == "rope"`` and ``positions`` [B, S] are given (cross-attention keys get none)."""
     c = config(cfg)
     dt = jnp.dtype(c.dtype)
     k = linear.apply(p["k"], x, "BSD,DGK->BSGK", dt)
     v = linear.apply(p["v"], x, "BSD,DGK->BSGK", dt)
+    k = qk_norm(p.get("k_norm"), k, c)
     if c.pos_emb == "rope" and positions is not None:
         k = pos_enc.apply_rope(k, positions, c.rope_theta, c.inv_freq())
     return k, v

@@ -5,6 +5,9 @@ Pre-norm (GPT-2, LLaMA):    ``x = x + Dropout(Sublayer(Norm(x)))``.
 Pre- and post-norm (Gemma 2, ``post_norms=True``): ``x = x + Dropout(PostNorm(Sublayer(Norm(x))))``, a
 second norm on each sub-layer's output before the residual sum (transformers' ``post_attention_layernorm`` /
 ``post_feedforward_layernorm``).
+Post-sub-layer norms only (OLMo 2, ``post_norms=True, pre_norms=False``): ``x = x + Dropout(PostNorm(Sublayer(x)))``,
+the sub-layer reads the residual stream un-normalised (Team OLMo 2024, "2 OLMo 2 Furious", §3.1); the block
+has ``post_norm1`` / ``post_norm2`` and no ``norm1`` / ``norm2``.
 
 The sub-layer functions are arguments (``attn_fn``, ``ffn_fn``, ``norm_fn``), so a user composes a
 different block by passing different functions with the same signatures; each receives its own narrow
@@ -33,6 +36,7 @@ class BlockConfig:
     norm_position: str = "pre"  # "pre" or "post"
     dropout: float = 0.0  # on each sub-layer's output before the residual sum
     post_norms: bool = False  # with "pre": also normalise each sub-layer's output (Gemma 2's sandwich norms)
+    pre_norms: bool = True  # False with post_norms: normalise only each sub-layer's output (OLMo 2)
 
 
 def config(cfg) -> BlockConfig:
@@ -42,16 +46,24 @@ def config(cfg) -> BlockConfig:
 
 def spec(cfg, *, cross: bool = False) -> dict:
     """``norm1, attn, [norm_cross, cross], norm2, mlp`` (+ ``post_norm1, [post_norm_cross], post_norm2``
-    with ``post_norms``)."""
+    with ``post_norms``; without ``norm1``, ``norm_cross``, ``norm2`` when ``pre_norms=False``)."""
     c = config(cfg)
     if c.post_norms and c.norm_position != "pre":
         raise ValueError("post_norms=True adds a norm on each sub-layer's output inside a pre-norm block; "
                          "it needs norm_position='pre' (a post-norm block already normalises after the sum).")
-    p = {"norm1": norms.spec(c.norm), "attn": attention.spec(c.attn)}
+    if not c.pre_norms and not (c.post_norms and c.norm_position == "pre"):
+        raise ValueError("pre_norms=False drops the norms on each sub-layer's input; it needs post_norms=True "
+                         "and norm_position='pre' (OLMo 2's norms on each sub-layer's output), else the block "
+                         "would have no norm at all.")
+    pre = c.pre_norms
+    p = {"norm1": norms.spec(c.norm)} if pre else {}
+    p["attn"] = attention.spec(c.attn)
     if cross:
-        p["norm_cross"] = norms.spec(c.norm)
+        if pre:
+            p["norm_cross"] = norms.spec(c.norm)
         p["cross"] = attention.spec(c.attn)
-    p["norm2"] = norms.spec(c.norm)
+    if pre:
+        p["norm2"] = norms.spec(c.norm)
     p["mlp"] = moe.spec(c.ffn) if isinstance(c.ffn, moe.MoEConfig) else ffn.spec(c.ffn)
     if c.post_norms:
         p["post_norm1"] = norms.spec(c.norm)
@@ -100,13 +112,16 @@ def apply(
     pre = c.norm_position == "pre"
     rate = c.dropout
 
+    def in_norm(name: str, y: jax.Array) -> jax.Array:  # the pre-norm on a sub-layer's input (none in OLMo 2)
+        return norm_fn(p[name], y, c.norm) if pre and c.pre_norms else y
+
     def out_norm(name: str, y: jax.Array) -> jax.Array:  # Gemma 2's norm on a sub-layer's output
         return norm_fn(p["post_" + name], y, c.norm) if c.post_norms else y
 
     aux: dict = {}
     new_cache: dict = {}
 
-    h = norm_fn(p["norm1"], x, c.norm) if pre else x
+    h = in_norm("norm1", x)
     a, a_aux = attn_fn(p["attn"], h, c.attn, mask=mask, positions=positions,
                        cache=None if cache is None else cache["self"], cache_index=cache_index,
                        key=k_attn, return_weights=return_weights, **({} if bias is None else {"bias": bias}))
@@ -119,7 +134,7 @@ def apply(
         aux["weights"] = a_aux["weights"]
 
     if "cross" in p and (enc is not None or (cache is not None and "cross" in cache)):
-        h = norm_fn(p["norm_cross"], x, c.norm) if pre else x
+        h = in_norm("norm_cross", x)
         y, c_aux = attn_fn(p["cross"], h, c.attn, kv=enc, mask=enc_mask,
                            cache=None if cache is None else cache.get("cross"), cache_index=None,
                            key=k_x, return_weights=return_weights)
@@ -131,7 +146,7 @@ def apply(
         if return_weights:
             aux["cross_weights"] = c_aux["weights"]
 
-    h = norm_fn(p["norm2"], x, c.norm) if pre else x
+    h = in_norm("norm2", x)
     if ffn_fn is None:
         ffn_fn = moe.apply if isinstance(c.ffn, moe.MoEConfig) else ffn.apply
     y = ffn_fn(p["mlp"], h, c.ffn, key=k_ffn)

@@ -54,11 +54,14 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array | None, eps: floa
     return y.astype(x.dtype)
 
 
-def rms_norm(x: jax.Array, scale: jax.Array, eps: float, offset: float = 0.0) -> jax.Array:
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float, offset: float = 0.0,
+             axis: int | tuple[int, ...] = -1) -> jax.Array:
     """x / sqrt(mean(x^2) + eps) * (offset + scale) over the last axis (Zhang & Sennrich, 2019); Gemma's
-    norm is ``offset=1`` (the product is taken in float32 and cast back once, as transformers does)."""
+    norm is ``offset=1`` (the product is taken in float32 and cast back once, as transformers does).
+    ``axis`` may name several trailing axes (OLMo 2's QK-norm over all heads of a projection, [..., H, K]);
+    ``scale`` broadcasts against them."""
     xf = x.astype(jnp.float32)
-    y = xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + eps)
+    y = xf * jax.lax.rsqrt(jnp.square(xf).mean(axis, keepdims=True) + eps)
     return (y * (offset + scale.astype(jnp.float32))).astype(x.dtype)
 
 
