@@ -61,7 +61,7 @@ def test_plan_checks_context_against_the_sequence():
 @pytest.mark.slow
 @pytest.mark.multidevice
 def test_dropout_masks_jit_independent_of_mesh_pmap_per_device():
-    """README "Running on many devices": under jit the dropout masks are drawn for the global batch, so
+    """docs/parallelism.md "pmap, and where it differs from jit: dropout": under jit the dropout masks are drawn for the global batch, so
     every mesh trains the same losses as one device with dropout on; pmap draws per-device masks (the key
     folded with the device index), so its losses differ slightly."""
     res = run_worker("worker_context.py", "--dropout", "gpt2-tiny")

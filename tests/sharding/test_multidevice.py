@@ -158,7 +158,7 @@ def test_checkpoint_moves_between_meshes_and_two_processes_match_one(tmp_path):
 
 @pytest.mark.slow
 def test_jaxlm_train_on_two_processes_equals_one_process(tmp_path, shared_data):
-    """The README's multi-process command: ``jaxlm train ... --coordinator --num-processes --process-id`` on
+    """The multi-process command of docs/parallelism.md ("One host, a pod slice, a cluster"): ``jaxlm train ... --coordinator --num-processes --process-id`` on
     2 processes x 4 CPU devices sharing one run directory logs the losses of ``jaxlm train`` on 1 process x
     8 devices, writes each file once (process 0) and saves one Orbax checkpoint from both processes."""
     import json
