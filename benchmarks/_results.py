@@ -48,10 +48,11 @@ def replace_section(text: str, name: str, body: str) -> str:
 
 
 def record(name: str, table: str, log: str, *, when: datetime.datetime | None = None,
-           results: Path = RESULTS, history: Path = HISTORY) -> None:
+           results: Path | None = None, history: Path | None = None) -> None:
     """Replace section ``name`` of RESULTS.md with ``table`` (the latest figures, with their machine, date and
     command) and append ``log`` (the run's full output) to HISTORY.md under a dated heading."""
     when = when or datetime.datetime.now(datetime.UTC)
+    results, history = results or RESULTS, history or HISTORY  # looked up now, so a test can point them elsewhere
     text = results.read_text() if results.exists() else "# Benchmark results\n"
     new = replace_section(text, name, table)  # raises before anything is written
     heading = f"## {when:%Y-%m-%d %H:%M} UTC: benchmarks/{name}"

@@ -3,18 +3,18 @@
 For corpus sizes 1x and 10x (a generated jsonl corpus of word documents; 1x = ``--mb`` MB), each mode runs
 in its own subprocess: build the run's data (:func:`jaxlm.data.pipeline.prepare`, causal_lm, a character
 tokenizer given as a file so both modes tokenize the same way) and cut ``--batches`` training batches of
-16 x 256 tokens. Reported: the subprocess's peak RSS (``ru_maxrss``) and its wall time. Writes a table to
-``benchmarks/RESULTS.md`` (its own section, replaced on rerun).
+16 x 256 tokens. Reported: the subprocess's peak RSS (``ru_maxrss``) and its wall time. Records the run (unless
+--no-write): its table replaces the ``data_memory.py`` section of benchmarks/RESULTS.md and its full output is
+appended to benchmarks/HISTORY.md (benchmarks/_results.py).
 
-    python benchmarks/data_memory.py [--mb 2] [--batches 50]
+    python benchmarks/data_memory.py [--mb 2] [--batches 50] [--no-write]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
-import re
+import os
 import resource
 import subprocess
 import sys
@@ -65,6 +65,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mb", type=float, default=2.0)
     ap.add_argument("--batches", type=int, default=50)
+    ap.add_argument("--no-write", action="store_true", help="print only; do not record in RESULTS.md / HISTORY.md")
     ap.add_argument("--child", nargs=4, metavar=("CORPUS", "TOK", "STREAMING", "BATCHES"))
     a = ap.parse_args()
     if a.child:
@@ -92,18 +93,16 @@ def main() -> None:
                 print(rows[-1], flush=True)
     table = ["| corpus | size (MB) | mode | peak RSS (MiB) | wall (s) |", "|---|---|---|---|---|"]
     table += [f"| {s}x | {mb:.1f} | {m} | {rss:.0f} | {sec:.1f} |" for s, mb, m, rss, sec in rows]
-    section = ("## Data pipeline memory: in memory vs streaming (benchmarks/data_memory.py)\n\n"
-               f"`python benchmarks/data_memory.py --mb {a.mb} --batches {a.batches}`: a generated jsonl corpus of "
-               f"word documents, causal_lm, character tokenizer, seq_len 256, {a.batches} batches of 16. Peak RSS "
-               "of a subprocess that builds the run's data and cuts the batches (the Python/JAX/datasets imports "
-               f"are part of it). {platform.processor() or platform.machine()}, measured on a shared, loaded "
-               "machine (wall times are rough).\n\n" + "\n".join(table) + "\n")
-    res = HERE / "RESULTS.md"
-    old = res.read_text() if res.exists() else "# Benchmark results\n"
-    pat = re.compile(r"## Data pipeline memory: in memory vs streaming.*?(?=\n## |\Z)", re.S)
-    new = pat.sub(section.rstrip("\n"), old) if pat.search(old) else old.rstrip("\n") + "\n\n" + section
-    res.write_text(new)
-    print(section)
+    from _results import machine, now, record  # benchmarks/_results.py (this folder is on sys.path)
+
+    run = (f"- generated jsonl corpus of word documents, causal_lm, character tokenizer, seq_len 256, {a.batches} "
+           f"batches of 16; peak RSS of a subprocess that builds the run's data and cuts the batches (the Python/JAX/"
+           f"datasets imports are part of it); {now()}; {machine()}, load average {os.getloadavg()[0]:.1f} at the "
+           f"end; `python benchmarks/data_memory.py --mb {a.mb} --batches {a.batches}`")
+    text = "\n".join(table) + "\n\n" + run
+    print(text)
+    if not a.no_write:
+        record("data_memory.py", text, text)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ a few tokens, so token agreement alone says little about bfloat16; the logit dif
 
     python benchmarks/decode_bound.py [--repeats 7] [--no-write]
 
-Writes its table to benchmarks/RESULTS.md as the subsection "### What bounds batch-1 decoding" of
-"## Generation" (replacing an earlier one; everything else is left alone).
+Records the run (unless --no-write): its table replaces the ``decode_bound.py`` section of benchmarks/RESULTS.md
+("What bounds batch-1 decoding") and its full output is appended to benchmarks/HISTORY.md (benchmarks/_results.py).
 """
 
 from __future__ import annotations
@@ -33,9 +33,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's gemv: one thread per Python thread
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import platform  # noqa: E402
-import re  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
@@ -52,9 +50,8 @@ from jaxlm.models import gpt2  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from generate import CFG, NEW, PROMPT, machine  # noqa: E402
-
-HEADING = "### What bounds batch-1 decoding"
+from _results import machine, now, record  # noqa: E402  (benchmarks/_results.py)
+from generate import CFG, NEW, PROMPT  # noqa: E402
 
 
 def gemv_bandwidth(mb: float, threads: int, seconds: float = 1.0) -> float:
@@ -90,7 +87,7 @@ def weight_bytes(params) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--no-write", action="store_true", help="print only; do not update RESULTS.md")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not record in RESULTS.md / HISTORY.md")
     args = ap.parse_args(argv)
     if len(jax.devices()) < 2:
         raise SystemExit(f"need 2 CPU devices for the tensor-parallel variant, got {jax.devices()}; "
@@ -151,33 +148,33 @@ def main(argv=None) -> int:
     bw_table = ["| numpy gemv (OpenBLAS, 1 thread each) | 1 thread | 2 threads (aggregate) |", "|---|---:|---:|"]
     bw_table += [f"| {mb} MB matrix{' (stays in the 32 MB L3)' if mb == 8 else ' (streams from memory)'} | "
                  f"{bw[(mb, 1)]:.1f} GB/s | {bw[(mb, 2)]:.1f} GB/s |" for mb in (8, 64)]
-    cmd = "python benchmarks/decode_bound.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    section = f"""{HEADING}
-
-Written by `benchmarks/decode_bound.py` (its docstring says what each row is). Median of {args.repeats}
-interleaved runs; the same random weights for every variant; prompt {PROMPT} -> {NEW} new tokens.
+    cmd = ("python benchmarks/decode_bound.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    when, where = now(), machine()
+    log = f"""Median of {args.repeats} interleaved runs; the same random weights for every variant; prompt {PROMPT} -> {NEW}
+new tokens (the docstring of `benchmarks/decode_bound.py` says what each row is).
 
 {chr(10).join(bw_table)}
 
 {chr(10).join(table)}
 
-- date: {datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}; machine: {machine()}
+- date: {when}; machine: {where}
 - versions: python {platform.python_version()}, jax {jax.__version__}, numpy {np.__version__}
-- command: `{cmd.strip()}`
+- command: `{cmd}`
 """
-    print(section)
+    print(log)
     if args.no_write:
         return 0
-    path = HERE / "RESULTS.md"
-    text = path.read_text()
-    if HEADING in text:
-        text = re.sub(re.escape(HEADING) + r".*?(?=^##|\Z)", section.replace("\\", "\\\\") + "\n", text,
-                      flags=re.S | re.M)
-    elif "\n## Training" in text:  # last subsection of "## Generation"
-        text = text.replace("\n## Training", "\n" + section + "\n## Training", 1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    f32, tp, bf16 = rows  # (name, tok/s, ms/token, MB/token, GB/s, same tokens, max |logit diff|)
+    summary = [f"| measurement | {where}, {when} |", "|---|---:|",
+               f"| numpy gemv, 64 MB matrix (streams from memory), 1 / 2 threads | {bw[(64, 1)]:.1f} / "
+               f"{bw[(64, 2)]:.1f} GB/s |",
+               f"| numpy gemv, 8 MB matrix, 1 / 2 threads | {bw[(8, 1)]:.1f} / {bw[(8, 2)]:.1f} GB/s |",
+               f"| jaxlm decode, float32, 1 device | {f32[1]:.1f} tok/s, {f32[2]:.2f} ms/token, {f32[4]:.1f} GB/s |",
+               f"| float32, tensor-parallel over 2 CPU devices | {tp[1] / base:.2f}x ({tp[1]:.1f} tok/s) |",
+               f"| bfloat16 weights and compute, 1 device | {bf16[1] / base:.2f}x ({bf16[1]:.1f} tok/s; max logit diff "
+               f"{bf16[6]:.1e}) |",
+               f"| command | `{cmd}` |"]
+    record("decode_bound.py", "\n".join(summary), log)
     return 0
 
 

@@ -9,16 +9,15 @@ and so is the per-layer weight split (made once per process, as a caller that ge
 
     python benchmarks/decode_revisions.py --base REV [--head WORKTREE_OR_REV] [--rounds 3] [--repeats 5]
 
-Writes the table to benchmarks/RESULTS.md under "## Decode speed across revisions" (other sections kept).
+Records the run (unless --no-write): its table replaces the ``decode_revisions.py`` section of benchmarks/RESULTS.md
+and its full output is appended to benchmarks/HISTORY.md (benchmarks/_results.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -105,31 +104,23 @@ def main(argv=None) -> int:
     table = ("| batch | base tok/s | head tok/s | head speed / base (medians) | (best runs) | same greedy tokens |\n"
              "|---:|---:|---:|---:|---:|---|\n" + "\n".join(rows))
     sys.path.insert(0, str(HERE))
-    from generate import machine  # noqa: E402  (benchmarks/generate.py, same folder)
+    from _results import machine, now, record  # benchmarks/_results.py
 
-    section = f"""## Decode speed across revisions
-
-benchmarks/generate.py's model (6 x 384, vocab 8192, float32), prompt 32 -> 256 new tokens, greedy.
+    cmd = f"python benchmarks/decode_revisions.py {' '.join(argv if argv is not None else sys.argv[1:])}".strip()
+    run = (f"- base `{args.base}` vs head `{args.head or f'working tree at {head_rev}'}`, {args.rounds} alternating "
+           f"rounds x {args.repeats} runs; {now()}; {machine()}; `{cmd}`")
+    log = f"""benchmarks/generate.py's model (6 x 384, vocab 8192, float32), prompt 32 -> 256 new tokens, greedy.
 Base `{args.base}` vs head `{args.head or f'working tree at {head_rev}'}`; {args.rounds} alternating rounds
 of one process per revision, {args.repeats} timed runs each; compile time and the per-layer weight split
 excluded. A ratio above 1 means the head decodes faster.
 
 {table}
 
-- date: {datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}; machine: {machine()}
-- command: `python benchmarks/decode_revisions.py {' '.join(argv if argv is not None else sys.argv[1:])}`
+{run}
 """
-    print(section)
+    print(log)
     if not args.no_write:
-        path = HERE / "RESULTS.md"
-        text = path.read_text()
-        if "## Decode speed across revisions" in text:
-            text = re.sub(r"## Decode speed across revisions\n.*?(?=^## |\Z)", section.replace("\\", "\\\\"),
-                          text, flags=re.S | re.M)
-        else:
-            text = text.replace("## Training\n", section + "\n## Training\n", 1)
-        path.write_text(text)
-        print(f"wrote {path}")
+        record("decode_revisions.py", f"{table}\n\n{run}", log)
     return 0
 
 

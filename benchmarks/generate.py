@@ -9,16 +9,14 @@ ratio. jaxlm's compile time is measured once and excluded from its tokens/s (rep
 
     python benchmarks/generate.py [--repeats 5] [--batches 1 8] [--no-write]
 
-Writes the table to benchmarks/RESULTS.md under "## Generation" (other sections are left alone).
+Records the run (unless --no-write): its table replaces the ``generate.py`` section of benchmarks/RESULTS.md and its
+full output is appended to benchmarks/HISTORY.md (benchmarks/_results.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -27,6 +25,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _results import machine, now, record  # benchmarks/_results.py (this folder is on sys.path)
 
 from jaxlm.generate import generate, kv_decode
 from jaxlm.models import gpt2
@@ -94,21 +93,11 @@ def run_hf(model, prompts) -> tuple[float, np.ndarray]:
     return dt, out[:, PROMPT:].numpy()
 
 
-def machine() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores visible"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    ap.add_argument("--no-write", action="store_true", help="print only; do not update RESULTS.md")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not record in RESULTS.md / HISTORY.md")
     args = ap.parse_args(argv)
 
     import torch
@@ -152,10 +141,13 @@ def main(argv=None) -> int:
     print(table)
     if args.no_write:
         return 0
-    cmd = "python benchmarks/generate.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    section = f"""## Generation
-
-Greedy decoding, prompt {PROMPT} -> {NEW} new tokens, GPT-2-shaped model (6 layers, 6 heads, d_model 384,
+    cmd = ("python benchmarks/generate.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    when, where = now(), machine()
+    summary = ["| batch | jaxlm tok/s | HF tok/s | jaxlm / HF (medians) | (best runs) | same greedy tokens | machine | date "
+               "| command |", "|---:|---:|---:|---:|---:|---|---|---|---|"]
+    summary += [f"| {r['B']} | {r['jax']:.1f} | {r['hf']:.1f} | {r['ratio']:.2f}x | {r['best']:.2f}x | {r['same']:.1%} | "
+                f"{where} | {when} | `{cmd}` |" for r in rows]
+    log = f"""Greedy decoding, prompt {PROMPT} -> {NEW} new tokens, GPT-2-shaped model (6 layers, 6 heads, d_model 384,
 vocab 8192, random init; the HF model's weights are copied into jaxlm so both run the same network).
 jaxlm: `jaxlm.generate.generate(..., greedy=True)` (prefill + decode loop in one jit, KV cache preallocated).
 HF: `GPT2LMHeadModel.generate(do_sample=False, min_new_tokens={NEW})`, PyTorch CPU, `inference_mode`.
@@ -164,41 +156,15 @@ Median of {args.repeats} interleaved runs (jaxlm, HF, jaxlm, HF, ...); jaxlm com
 
 {table}
 
-- date: {datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}; machine: {machine()}
+- date: {when}; machine: {where}
 - versions: python {platform.python_version()}, jax {jax.__version__}, torch {torch.__version__},
   transformers {transformers.__version__}; torch threads {torch.get_num_threads()}
-- command: `{cmd.strip()}`
+- command: `{cmd}`
 - individual runs are listed so the spread is visible. PyTorch suffers more from a busy machine than XLA
   (its threads wait on each other), so the ratio of medians flatters jaxlm when runs were disturbed; the
   ratio of the best (least disturbed) runs is the conservative figure.
-
-What was measured on the way (ms per new token on this machine, same benchmark; see
-`jaxlm/generate/kv_decode.py` for the reasons):
-
-| version | batch 1 | batch 8 |
-|---|---:|---:|
-| decode step = the model's `apply` with its stacked `[L, B, S, G, K]` cache inside `lax.scan` | 2.6 | 13.4 |
-| per-layer caches updated in place on the `while_loop` carry, layers unrolled over weights split once | 2.0 | 6.4 |
-| + cache stored head-major, so attention no longer transposes every layer's cache every token | - | 3.7 |
-| + `[B * G, S, K]` cache (XLA copied a `[1, G, S, K]` cache twice per layer) and the weight split reused across calls | 1.5 | 3.7 |
-| + argmax as two plain reductions (XLA:CPU's paired reduce took 0.3 ms at batch 8) | 1.5 | 3.6 |
-
-Tried and dropped: attention as multiply-and-reduce over the cache (3x slower than the batched dots);
-slicing the stacked weights inside the loop body (3.2 ms/token of weight copies, DESIGN §7); XLA's plain
-dot emitter instead of its XNNPACK fusions (`--xla_cpu_experimental_ynn_fusion_type=`, 1.5x slower). At
-batch 1 a step reads all 55.7 MB of float32 weights from memory (more than the 32 MB L3 cache), so it is
-bound by memory bandwidth, not arithmetic: the subsections below measure where the time goes.
 """
-    path = HERE / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if "## Generation" in text:  # replace our table and notes, up to the next heading; keep the
-        # hand-written "###" analyses below them (they say which run they describe)
-        text = re.sub(r"## Generation\n.*?(?=^##|\Z)", section.replace("\\", "\\\\") + "\n", text,
-                      flags=re.S | re.M)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
-    print(f"wrote {path}")
+    record("generate.py", "\n".join(summary), log)
     return 0
 
 

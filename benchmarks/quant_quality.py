@@ -13,21 +13,22 @@ those positions (and of 8 fixed chat prompts' positions) where the quantized mod
 
     python benchmarks/quant_quality.py --data PATH/TO/tinyshakespeare/input.txt [--tokens 2048]
 
-Writes a table to benchmarks/RESULTS.md under "## Weight-only quantization: quality".
+Records the run (unless --no-write): its table replaces the ``quant_quality.py`` section of benchmarks/RESULTS.md and
+its full output is appended to benchmarks/HISTORY.md (benchmarks/_results.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
-import re
+import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _results import machine, now, record  # benchmarks/_results.py (this folder is on sys.path)
 
 from jaxlm.convert import gguf, hf
 from jaxlm.nn import quant
@@ -46,11 +47,11 @@ def _gguf_file() -> Path:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", required=True, help="Tiny Shakespeare input.txt")
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--window", type=int, default=256)
-    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not record in RESULTS.md / HISTORY.md")
     args = ap.parse_args()
 
     f = _gguf_file()
@@ -99,27 +100,20 @@ def main() -> None:
         print(f"{name}: ppl {ppl:.3f} ({ppl / base[0] - 1:+.2%}), top-1 agreement {agree:.2%} (text), "
               f"{chat_agree:.2%} (chat prompts), bytes {rows[-1][1]:.3f}x  [{time.perf_counter() - t:.0f} s]", flush=True)
 
-    lines = [f"### SmolLM2-135M-Instruct, Tiny Shakespeare validation, {len(windows) * args.window} tokens "
-             f"({datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, loaded machine)", "",
-             f"`python benchmarks/quant_quality.py --data .../tinyshakespeare/input.txt --tokens {args.tokens} "
-             f"--window {args.window}`; {n_win} windows of {args.window} tokens, teacher-forced; chat-prompt "
-             f"agreement over {sum(map(len, chats))} positions of {len(chats)} fixed prompts. Bytes: all arrays "
-             f"of the tree (scales, norms and the float32 token table included) / float32.", "",
-             "| weights | bytes vs f32 | perplexity | vs float32 | top-1 agreement (text) | top-1 agreement (chat) |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {n} | {b:.3f}x | {p:.3f} | {d:+.2%} | {a:.2%} | {c:.2%} |" for n, b, p, d, a, c in rows]
-    table = "\n".join(lines) + "\n"
-    print(table)
+    when, where = now(), machine()
+    cmd = "python benchmarks/quant_quality.py " + " ".join(sys.argv[1:])
+    head = ["| weights | bytes vs f32 | perplexity | vs float32 | top-1 agreement (text) | top-1 agreement (chat) |",
+            "|---|---|---|---|---|---|"]
+    head += [f"| {n} | {b:.3f}x | {p:.3f} | {d:+.2%} | {a:.2%} | {c:.2%} |" for n, b, p, d, a, c in rows]
+    table = "\n".join(head)
+    run = (f"- SmolLM2-135M-Instruct, Tiny Shakespeare validation, first {len(windows) * args.window} tokens in {n_win} "
+           f"windows of {args.window}, teacher-forced; chat: {len(chats)} fixed prompts ({sum(map(len, chats))} "
+           f"positions); {when}; {where}; `{cmd}`")
+    log = (f"SmolLM2-135M-Instruct, Tiny Shakespeare validation (the last 10 % of input.txt), teacher-forced. Bytes: "
+           f"all arrays of the tree (scales, norms and the float32 token table included) / float32.\n\n{table}\n\n{run}\n")
+    print(log)
     if not args.no_write:
-        res = HERE / "RESULTS.md"
-        body = res.read_text() if res.exists() else "# Results\n"
-        head = "## Weight-only quantization: quality"
-        section = f"{head}\n\n{table}"
-        if head in body:
-            body = re.sub(rf"{re.escape(head)}\n.*?(?=\n## |\Z)", section, body, flags=re.S)
-        else:
-            body = body.rstrip() + "\n\n" + section
-        res.write_text(body)
+        record("quant_quality.py", f"{table}\n\n{run}", log)
 
 
 if __name__ == "__main__":

@@ -9,16 +9,16 @@ head, norms; the embedding lookup reads one row, not counted), and bandwidth = b
 
     python benchmarks/quant_speed.py [--new 64] [--repeats 3] [--batches 1 8] [--no-write]
 
-Writes "## Weight-only quantization: speed" in benchmarks/RESULTS.md.
+Records the run (unless --no-write): its table (one row per model and weights, the batches side by side) replaces the
+``quant_speed.py`` section of benchmarks/RESULTS.md, and its full output (one row per batch) is appended to
+benchmarks/HISTORY.md (benchmarks/_results.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.util
 import os
-import re
 import statistics
 import sys
 import time
@@ -30,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import generate as G  # noqa: E402  (benchmarks/generate.py: the GPT-2-shaped model and its HF twin)
+from _results import machine, now, record  # noqa: E402  (benchmarks/_results.py)
 
 from jaxlm import params as P  # noqa: E402
 from jaxlm.generate import generate, kv_decode  # noqa: E402
@@ -150,7 +151,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--models", nargs="+", default=["gpt2", "smollm2"])
-    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--no-write", action="store_true", help="print only; do not record in RESULTS.md / HISTORY.md")
     args = ap.parse_args(argv)
     import torch
 
@@ -192,29 +193,39 @@ def main(argv=None) -> int:
     print(table)
     if args.no_write:
         return 0
-    cmd = "python benchmarks/quant_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    section = f"""## Weight-only quantization: speed
-
-**Loaded machine** ({datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC: 2 cores shared by 8 sessions, load
-average ~20; {G.machine()}; jax {jax.__version__}, torch {torch.__version__}, run with `nice -n 10`): the
-absolute numbers are noisy and low; the ratios are from interleaved runs (every variant, then HF, repeated).
-Greedy, prompt {PROMPT} -> {args.new} new tokens (HF forced to produce all with `min_new_tokens`), median of
-{args.repeats}; jaxlm compile excluded. "same greedy tokens as HF": share of generated tokens equal to HF float32's.
-
-{table}
-
-- command: `{cmd.strip()}`
-"""
-    path = HERE / "RESULTS.md"
-    text = path.read_text()
-    head = "## Weight-only quantization: speed"
-    if head in text:
-        text = re.sub(rf"{re.escape(head)}\n.*?(?=^## |\Z)", section.replace("\\", "\\\\") + "\n", text,
-                      flags=re.S | re.M)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    cmd = ("python benchmarks/quant_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    when, where = now(), machine()
+    run = (f"- Greedy, prompt {PROMPT} -> {args.new} new tokens (HF forced to all with `min_new_tokens`), median of "
+           f"{args.repeats} interleaved runs, jaxlm compile excluded; {when}; {where}, load average "
+           f"{os.getloadavg()[0]:.1f} at the end; jax {jax.__version__}, torch {torch.__version__}; `{cmd}`")
+    log = (f"\"same greedy tokens as HF\": share of generated tokens equal to HF float32's; \"MB streamed / token\": "
+           f"every weight array a decode step reads.\n\n{table}\n\n{run}\n")
+    record("quant_speed.py", f"{summary_table(rows, args.batches)}\n\n{run}", log)
     return 0
+
+
+def summary_table(rows: list[dict], batches: list[int]) -> str:
+    """RESULTS.md's table: one row per (model, weights), the batches side by side."""
+    def f(v, s):
+        return "-" if v is None else s.format(v)
+
+    by = {(r["model"], r["weights"], r["B"]): r for r in rows}
+    lines = ["| model | weights | MB streamed / token | " + " | ".join(
+                 f"batch {B} tok/s | vs HF f32 (medians / best runs) | same greedy tokens as HF | GB/s" for B in batches)
+             + " |", "|---|---|---:|" + "---:|---:|---:|---:|" * len(batches)]
+    for model, weights in dict.fromkeys((r["model"], r["weights"]) for r in rows):
+        mine = [by[model, weights, B] for B in batches if (model, weights, B) in by]
+        mb = next((r["mb"] for r in mine if not r.get("missing") and r["mb"] is not None), None)
+        cells = [model, weights, f(mb, "{:.1f}")]
+        for B in batches:
+            r = by.get((model, weights, B))
+            if r is None or r.get("missing"):
+                cells += ["not run" if r is None else "not installed", "", "", ""]
+            else:
+                cells += [f"{r['tps']:.1f}", f"{f(r['ratio'], '{:.2f}x')} / {f(r['best'], '{:.2f}x')}",
+                          f(r["same"], "{:.1%}"), f(r["gbs"], "{:.1f}")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

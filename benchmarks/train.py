@@ -34,8 +34,8 @@ throughput of a jitted 4096 x 4096 @ 4096 x 4096 ``jnp.dot`` measured in its own
 
 An implementation name ``jaxlm:k=v,k=v`` overrides model-config fields (``attn_impl``, ``remat``,
 ``scan_layers``, ``n_layers``) for that run. Results are printed as a markdown table with the command that
-produced it; benchmarks/RESULTS.md ``## Training`` holds the tables of record, each with its date, load
-and command.
+produced it (nothing is written): benchmarks/RESULTS.md "Training" holds the current figures, copied there by hand
+with their machine, date and command, and benchmarks/HISTORY.md the dated runs they come from.
 """
 
 from __future__ import annotations

@@ -10,7 +10,11 @@ and the median of the per-round ratios.
 
     python benchmarks/validation_cost.py                       # GPT-2 6 x 384, vocab 8192, seq 256, batch 8
     python benchmarks/validation_cost.py --preset tiny         # a gpt2-tiny-sized step (ms per step)
-    python benchmarks/validation_cost.py --append              # also append the section to RESULTS.md
+    python benchmarks/validation_cost.py --write               # also record it (below)
+
+With ``--write`` (or its old name ``--append``) the run is recorded: its row replaces the preset's section
+(``validation_cost.py:bench`` / ``validation_cost.py:tiny``) of benchmarks/RESULTS.md and its full output is appended
+to benchmarks/HISTORY.md (benchmarks/_results.py).
 """
 
 from __future__ import annotations
@@ -83,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", choices=sorted(SHAPES), default="bench")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--steps", type=int, default=4, help="timed steps per variant per round")
-    ap.add_argument("--append", action="store_true", help="append the result to benchmarks/RESULTS.md")
+    ap.add_argument("--write", "--append", dest="write", action="store_true",
+                    help="record the run: the preset's table in RESULTS.md, the full output appended to HISTORY.md")
     args = ap.parse_args(argv)
     s = dict(SHAPES[args.preset])
     seq, B = s.pop("seq"), s.pop("batch")
@@ -166,17 +171,17 @@ def main(argv: list[str] | None = None) -> int:
     ]
     text = "\n".join(lines)
     print(text)
-    if args.append:
-        res = HERE / "RESULTS.md"
-        body = res.read_text()
-        head = "## Cost of the in-jit token-id check"
-        if head not in body:
-            body = body.rstrip("\n") + "\n\n" + head + "\n\n" + (
-                "The train step counts token ids outside the vocabulary (`metrics[\"bad_ids\"]`, raised on by "
-                "the training loop) and the embedding looks ids up with `mode=\"fill\"`; "
-                "`benchmarks/validation_cost.py` times the compiled step with and without both, interleaved "
-                "in one process.\n\n")
-        res.write_text(body.rstrip("\n") + "\n\n" + text)
+    if args.write:
+        sys.path.insert(0, str(HERE))
+        from _results import record  # benchmarks/_results.py
+
+        flops = variants["with check"]["flops"] / variants["without check"]["flops"]
+        row = (f"| {args.preset}: GPT-2 {cfg.n_layers} x {cfg.d_model}, vocab {cfg.vocab_size}, seq {seq}, batch {B} | "
+               f"{ratio:.4f} ({(ratio - 1) * 100:+.2f} %) | {paired:.4f} ({(paired - 1) * 100:+.2f} %) | {flops:.6f} | "
+               f"{cpu}, {os.cpu_count()} cores, load {load0[0]:.1f} -> {load1[0]:.1f} | {now} | `{cmd.strip()}` |")
+        table = ("| preset | with / without (medians) | median of per-round ratios | XLA cost-model FLOPs with / without "
+                 "| machine | date | command |\n|---|---:|---:|---:|---|---|---|\n" + row)
+        record(f"validation_cost.py:{args.preset}", table, text)
     return 0
 
 

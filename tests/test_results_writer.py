@@ -125,3 +125,12 @@ def test_the_real_results_file_has_well_formed_sections():
         start, end = R.markers(name)
         assert text.count(start) == 1 and text.index(start) < text.index(end), name
         assert R.replace_section(text, name, "| x |").count(end) == 1
+
+
+def test_default_paths_are_looked_up_at_call_time(tmp_path, monkeypatch):
+    """Scripts call record() without paths; pointing the module's RESULTS/HISTORY elsewhere redirects them."""
+    res, hist = _files(tmp_path)
+    monkeypatch.setattr(R, "RESULTS", res)
+    monkeypatch.setattr(R, "HISTORY", hist)
+    R.record("generate.py", "| 1 | 9.0 |", "log", when=WHEN)
+    assert "| 1 | 9.0 |" in res.read_text() and hist.read_text().endswith("benchmarks/generate.py\n\nlog\n")
