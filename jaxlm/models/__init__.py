@@ -16,8 +16,10 @@ from jaxlm.models import (
     llama,
     mistral,
     mixtral,
+    olmo2,
     phi3,
     qwen2,
+    qwen3,
     t5,
     transformer,
 )
@@ -36,7 +38,7 @@ def _register(*modules: ModuleType) -> dict[str, ModuleType]:
 
 
 FAMILIES: dict[str, ModuleType] = _register(transformer, gpt2, bert, llama, qwen2, mistral, gemma, gemma2, phi3,
-                                            gpt3, t5, mixtral)
+                                            gpt3, t5, mixtral, qwen3, olmo2)
 
 REGISTRY: dict[str, tuple[ModuleType, Preset]] = {
     name: (mod, preset) for mod in FAMILIES.values() for name, preset in mod.PRESETS.items()
@@ -65,4 +67,5 @@ def family_of(cfg: ModelConfig) -> ModuleType:
 
 
 __all__ = ["FAMILIES", "REGISTRY", "get", "family_of", "active_params", "Loaded", "ModelConfig", "Preset", "bert",
-           "gpt2", "llama", "mistral", "mixtral", "qwen2", "t5", "transformer"]
+           "gpt2", "llama", "mistral", "mixtral", "olmo2", "qwen2", "qwen3", "t5",
+           "transformer"]
