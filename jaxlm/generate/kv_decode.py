@@ -8,7 +8,7 @@ the per-example context (padding masks, lengths) the later steps need.
 same ``apply``/``decode`` (:func:`jaxlm.models.decoder.decode`) and returns the logits [B, V] for token
 ``j + 1`` and the updated cache.
 
-Why the step does not reuse the prefill's stacked cache and scanned layers (benchmarks/RESULTS.md has the
+Why the step does not reuse the prefill's stacked cache and scanned layers (benchmarks/HISTORY.md "Generation" has the
 measurements):
 
 1. inside ``lax.scan`` each layer's slice of a stacked ``[L, B, S, G, K]`` cache is copied in (scan ``xs``)

@@ -230,7 +230,7 @@ def _dropless_dispatch(pe: dict, x: jax.Array, w: jax.Array, idx: jax.Array, c: 
     weights, and asks (a remat policy on the gathered copy) for it to be gathered again in the backward pass
     rather than kept; the transpose of the gather reduce-scatters the experts' gradients. With several
     micro-batches and ``remat="none"`` the TPU compiler hoists the gathers (the same in every micro-batch)
-    out of the accumulation loop and keeps every layer's gathered copy (benchmarks/RESULTS.md, "Mixture of
+    out of the accumulation loop and keeps every layer's gathered copy (benchmarks/HISTORY.md, "Mixture of
     experts, counted from the buffers"); the planner counts them."""
     B, T, D = x.shape
     placed = sharding.local_spec(x, ("batch", "seq", None))

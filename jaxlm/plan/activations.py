@@ -3,7 +3,7 @@ policy, and the working sets of one layer's backward pass and of the loss (:func
 
 A count of tensors, not a measurement. What JAX lists as residuals (``jax.ad_checkpoint``) is adjusted by
 what each compiler was measured to keep (libtpu's buffer report; the per-layer slope and intercept of
-XLA:CPU's memory analysis; benchmarks/RESULTS.md "The recount" and "The CPU matrix within 15 %"). One
+XLA:CPU's memory analysis; benchmarks/HISTORY.md "The recount" and "The CPU matrix within 15 %"). One
 block's count is assembled by :func:`_block` from named terms: the residual stream around the norms, the
 attention inputs and outputs, the attention's [T, S] tensors, the FFN's hidden tensors, the MoE dispatch,
 the weights cast to the compute dtype, what a compiler keeps beyond JAX's list, and the backward working
@@ -117,7 +117,7 @@ def _scores(d: Sizes, Tq: int, attns: tuple[int, ...]) -> tuple[int, int, int]:
     listed = elems * (4 + 4 + d.a + (1 + d.a if d.attn_drop else 0))
     # libtpu keeps fewer of them for the backward pass: the float32 and compute-dtype probabilities (and
     # the dropout mask); scores, masking and dropped probabilities are fused into their consumers
-    # (benchmarks/RESULTS.md "The recount"); so does XLA:CPU without attention dropout (the float32 and
+    # (benchmarks/HISTORY.md "The recount"); so does XLA:CPU without attention dropout (the float32 and
     # compute-dtype probabilities)
     kept = listed
     if d.platform == "tpu":
@@ -187,7 +187,7 @@ def _backward_work(d: Sizes, Tq: int, attns: tuple[int, ...], residuals: int, tt
     if d.E and d.platform == "cpu":
         # XLA:CPU's ragged_dot holds float32 [E, k*N, F] tensors, every expert over every routed row, where
         # the grouped matmul needs [k*N, F]: four in the backward without remat, six with the forward
-        # recomputed (fitted: benchmarks/RESULTS.md "Mixture of experts, counted from the buffers")
+        # recomputed (fitted: benchmarks/HISTORY.md "Mixture of experts, counted from the buffers")
         work += (4 if d.remat == "none" else 6) * d.E * d.k * d.b * Tq * d.Ft * 4
     # flash attention's backward holds one query block's float32 scores, probabilities and their two
     # gradients ([b, H, block_q, S] each) instead of the whole [T, S]
@@ -244,7 +244,7 @@ def activation_bytes(run: C.RunConfig, platform: str = "cpu") -> dict:
 
     ``platform`` ("cpu" or "tpu") is the compiler planned for: what JAX lists is adjusted by what that
     compiler was measured to keep (libtpu's buffer report; the per-layer slope and intercept of XLA:CPU's
-    memory analysis; benchmarks/RESULTS.md "The recount" and "The CPU matrix within 15 %").
+    memory analysis; benchmarks/HISTORY.md "The recount" and "The CPU matrix within 15 %").
 
     Returns ``{"kept": all layers' kept residuals, "one_layer": the largest layer's backward working set,
     "loss": the loss's working set, "mask": the boolean [B, 1, T, S] attention mask}``, ints.
