@@ -11,7 +11,8 @@ nothing is written. It checks, in order:
 - writability: a probe file in the run directory (or, for a new one, the ancestor it will be created in)
   and in ``RUN/checkpoints``; ``chattr +i`` and read-only mounts stop root too;
 - free space: the disk must hold one more checkpoint of this run (parameters + optimizer state, from the
-  abstract state: nothing allocated; Orbax writes the new one before the keep policy deletes an old one).
+  abstract state: nothing allocated; Orbax writes the new one before the keep policy deletes an old one);
+  an unfinished save's space (a save the disk filled up during) counts as free: it is removed on open.
 
 :func:`keep_history` then (under the run directory's lock) moves the logs of an earlier start that left no
 checkpoint (``metrics.jsonl``, ``tb/``, ``loss.png``) into ``RUN/history/<UTC time>/`` instead of letting
@@ -101,9 +102,20 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB"
 
 
+def partial_bytes(run_dir: Path) -> int:
+    """Bytes held by unfinished saves in ``RUN/checkpoints`` (Orbax's temporary directories, e.g. of a save the
+    disk filled up during): the checkpointer removes them when it opens, so their space counts as free."""
+    d = run_dir / CHECKPOINTS
+    if not d.is_dir():
+        return 0
+    return sum(f.stat().st_size for p in d.iterdir() if p.is_dir() and "tmp" in p.name
+               for f in p.rglob("*") if f.is_file())
+
+
 def check_space(run_dir: Path, base: Path, need: int) -> None:
-    """ConfigError when the disk of ``base`` has less free space than ``need`` bytes (one checkpoint)."""
-    free = shutil.disk_usage(base).free
+    """ConfigError when the disk of ``base`` has less free space than ``need`` bytes (one checkpoint), counting
+    the space of unfinished saves the checkpointer will remove as free."""
+    free = shutil.disk_usage(base).free + partial_bytes(run_dir)
     if free < need * MARGIN:
         raise ConfigError(f"not enough free disk space for a checkpoint in {run_dir}: one checkpoint of this "
                           f"run takes {_gib(need)}, the disk holding {base} has {_gib(free)} free; free "
@@ -144,4 +156,4 @@ def keep_history(run_dir: Path, say: Callable[[str], None], now: float | None = 
 
 
 __all__ = ["HISTORY", "HISTORY_FILES", "check_path", "check_run_dir", "check_space", "checkpoint_bytes",
-           "keep_history", "nearest_existing"]
+           "keep_history", "nearest_existing", "partial_bytes"]
