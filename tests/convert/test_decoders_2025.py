@@ -41,9 +41,9 @@ def _torch_logits(model, tokens):
         return model(torch.tensor(np.asarray(tokens), dtype=torch.long)).logits.numpy()
 
 
-def qwen3_model(**kw):
+def qwen3_model(tied=True, **kw):
     # head_dim 16 with 6 heads: 96 != hidden 48
-    cfg = transformers.Qwen3Config(**{**SMALL, **kw}, head_dim=16, rope_theta=10000.0, tie_word_embeddings=True)
+    cfg = transformers.Qwen3Config(**{**SMALL, **kw}, head_dim=16, rope_theta=10000.0, tie_word_embeddings=tied)
     torch.manual_seed(0)
     return _randomize(transformers.Qwen3ForCausalLM(cfg))
 
@@ -62,7 +62,8 @@ def olmo3_model(**kw):
     return _randomize(transformers.Olmo3ForCausalLM(cfg))
 
 
-CASES = {"qwen3": (qwen3_model, qwen3), "olmo2": (olmo2_model, olmo2), "olmo3": (olmo3_model, olmo2)}
+CASES = {"qwen3": (qwen3_model, qwen3), "qwen3-untied": (lambda: qwen3_model(tied=False), qwen3),
+         "olmo2": (olmo2_model, olmo2), "olmo3": (olmo3_model, olmo2)}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -73,8 +74,10 @@ def test_import_export_logits_and_greedy_generation(tmp_path, case):
     loaded = pretrained.load(tmp_path / "hf")
     c = loaded.config
     assert loaded.family is family
-    if case == "qwen3":
-        assert (c.head_dim, c.qk_norm, c.tie_embeddings, c.sliding_window) == (16, "head", True, None)
+    if case.startswith("qwen3"):
+        tied = case == "qwen3"
+        assert (c.head_dim, c.qk_norm, c.tie_embeddings, c.sliding_window) == (16, "head", tied, None)
+        assert ("lm_head" in loaded.params) is not tied
         assert loaded.params["layers"]["attn"]["q_norm"]["scale"].shape == (4, 16)
     else:
         assert (c.qk_norm, c.post_norms, c.pre_norms, c.tie_embeddings) == ("full", True, False, False)
