@@ -26,12 +26,13 @@ Count (olmo2-7b, 7,298,617,344): the untied 100352 x 4096 table and head, plus 3
 plus the final norm.
 
 Deviations:
-- RoPE: OLMo 3's released post-trained and long-context checkpoints (allenai/Olmo-3-7B-*, Olmo-3-1125-32B)
-  use YaRN on the full-attention layers (factor 8 over 8192 tokens, 65536 context). jaxlm does not implement
-  YaRN: importing such a checkpoint is an error naming rope_type and the supported values. The olmo3 presets
-  are the pre-extension configuration (default RoPE, 8192 tokens: MaxText configs/models/olmo3-7b-pt.yml).
-  An OLMo 3 checkpoint whose sliding and full layers use different RoPE (theta or scaling) is refused by
-  name; jaxlm has one RoPE for all layers.
+- RoPE: OLMo 3's released post-trained and long-context checkpoints (allenai/Olmo-3-7B-Instruct,
+  allenai/Olmo-3.1-32B-Instruct, the stage-3 revisions of allenai/Olmo-3-1025-7B) use YaRN on the
+  full-attention layers (factor 8 over 8192 tokens, 65536 context). jaxlm does not implement YaRN: importing
+  such a checkpoint is an error naming rope_type and the supported values. The olmo3 presets are the
+  pre-extension configuration (default RoPE, 8192 tokens: MaxText configs/models/olmo3-7b-pt.yml, the
+  stage-1/2 revisions of allenai/Olmo-3-1025-7B). An OLMo 3 checkpoint whose sliding and full layers use
+  different RoPE (theta or scaling) is refused by name; jaxlm has one RoPE for all layers.
 - Local layers use a full-length KV cache with a window mask (as Mistral and Gemma 2 here), which changes
   memory, not results.
 - Norm scales multiply in float32 and cast once, as transformers' Olmo2RMSNorm does.
@@ -85,8 +86,8 @@ KIND = "decoder"
 TASKS = ("causal_lm",)
 
 _OLMO2 = "Team OLMo 2024, 2 OLMo 2 Furious"
-_OLMO3 = ("Team OLMo 2025, OLMo 3; MaxText configs/models/olmo3-7b-pt.yml (allenai/Olmo-3-1025-7B before its "
-          "YaRN context extension)")
+_OLMO3 = ("Team OLMo 2025, OLMo 3; MaxText configs/models/olmo3-7b-pt.yml (allenai/Olmo-3-1025-7B at its "
+          "stage-1/2 revisions, before the YaRN context extension)")
 _OLMO3_LAYERS = dict(sliding_window=4096, attn_pattern=("local", "local", "local", "global"))
 PRESETS: dict[str, Preset] = {
     "olmo2-7b": Preset(Config(), f"{_OLMO2} (config.json of allenai/OLMo-2-1124-7B)", 7_298_617_344),
@@ -103,7 +104,7 @@ PRESETS: dict[str, Preset] = {
     "olmo3-32b": Preset(
         Config(vocab_size=100278, max_len=8192, d_model=5120, n_heads=40, n_kv_heads=8, n_layers=64, d_ff=27648,
                **_OLMO3_LAYERS),
-        "Team OLMo 2025, OLMo 3; dimensions of MaxText configs/models/olmo3-32b.yml (allenai/Olmo-3-1125-32B) "
+        "Team OLMo 2025, OLMo 3; dimensions of MaxText configs/models/olmo3-32b.yml (allenai/Olmo-3.1-32B-Instruct) "
         "without its YaRN extension: default RoPE over its original 8192 tokens", 32_233_522_176),
     "olmo3-tiny": Preset(
         Config(vocab_size=512, max_len=128, d_model=64, n_heads=4, n_kv_heads=2, n_layers=2, d_ff=172,
