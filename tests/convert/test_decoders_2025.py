@@ -246,3 +246,19 @@ def test_attention_bias_is_refused(build):
     with pytest.raises(hf.UnsupportedModelError, match=r"attention_bias=True \(biases on q/k/v/o but not on the "
                                                        r"MLP\)"):
         hf.config_from_hf(hc)
+
+
+def test_absent_keys_read_as_transformers_defaults():
+    """config.json keys a checkpoint may omit: our reading equals what transformers' config class fills in."""
+    base = {k: v for k, v in SMALL.items() if not k.endswith("token_id")}
+    hc = {**base, "model_type": "qwen3", "num_hidden_layers": 2}  # no head_dim: Qwen3Config's 128
+    _, cfg = hf.config_from_hf(hc)
+    assert cfg.head_dim == transformers.Qwen3Config(**base).head_dim == 128
+    # OLMo 3 without layer_types / sliding_window, with an older transformers' top-level rope_theta
+    hc = {**base, "model_type": "olmo3", "num_hidden_layers": 8, "max_position_embeddings": 8192,
+          "rope_theta": 500000}
+    _, cfg = hf.config_from_hf(hc)
+    ref = transformers.Olmo3Config(**{k: v for k, v in hc.items() if k != "model_type"})
+    assert [("sliding_attention" if x else "full_attention") for x in cfg.local_layers] == ref.layer_types
+    assert cfg.sliding_window == ref.sliding_window == 4096
+    assert cfg.rope_theta == ref.rope_parameters["sliding_attention"]["rope_theta"] == 500000.0
