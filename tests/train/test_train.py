@@ -206,7 +206,8 @@ def test_a_caller_hook_sees_steps_and_rows_and_can_stop_the_run(tiny_run, tmp_pa
 def test_bad_input_errors(tiny_run, tmp_path: Path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(ConfigError, match="not writable"):
+    with pytest.raises(ConfigError, match=f"{blocker} is a file, not a directory, so the run directory cannot be "
+                                          f"created"):
         train(tiny_run, blocker / "run", quiet=True)
     with pytest.raises(DataError, match="does not exist"):
         train(C.apply_overrides(tiny_run, ["data.path=" + str(tmp_path / "nope.txt")]), tmp_path / "r1", quiet=True)
