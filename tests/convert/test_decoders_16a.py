@@ -15,6 +15,8 @@ transformers = pytest.importorskip("transformers")
 from jaxlm import count, generate  # noqa: E402
 from jaxlm.convert import hf  # noqa: E402
 from jaxlm.models import REGISTRY, llama, mistral, qwen2  # noqa: E402
+from tests.convert._hf_checks import randomize as _randomize  # noqa: E402
+from tests.convert._hf_checks import torch_logits as _torch_logits  # noqa: E402
 
 pytestmark = pytest.mark.hf
 TOL = 1e-4
@@ -23,19 +25,6 @@ SMALL = dict(vocab_size=V, hidden_size=48, intermediate_size=80, num_hidden_laye
              num_key_value_heads=2, max_position_embeddings=64, bos_token_id=None, eos_token_id=None,
              pad_token_id=None)
 
-
-def _randomize(model, seed=0, std=0.2):
-    """Perturb every parameter (norm scales and biases too) so that a wrong name map cannot pass."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * std)
-    return model.eval()
-
-
-def _torch_logits(model, tokens):
-    with torch.no_grad():
-        return model(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
 
 
 def qwen2_model():

@@ -14,27 +14,17 @@ transformers = pytest.importorskip("transformers")
 from jaxlm import pretrained  # noqa: E402
 from jaxlm.convert import hf  # noqa: E402
 from jaxlm.models import bert, gpt2, llama, mistral  # noqa: E402
+from tests.convert._hf_checks import randomize as _randomize  # noqa: E402
+from tests.convert._hf_checks import torch_logits as _torch_logits  # noqa: E402
 
 pytestmark = pytest.mark.hf
 TOL = 1e-4
 
 
-def _randomize(model, seed=0, std=0.2):
-    """Perturb every parameter (norm scales and biases too) so that a wrong name map cannot pass."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * std)
-    return model.eval()
-
 
 def _tokens(vocab, shape=(2, 11), seed=1):
     return np.random.default_rng(seed).integers(0, vocab, shape).astype(np.int32)
 
-
-def _torch_logits(model, tokens, **kw):
-    with torch.no_grad():
-        return model(torch.tensor(tokens, dtype=torch.long), **kw).logits.numpy()
 
 
 def _save(model, path):

@@ -19,6 +19,7 @@ from jaxlm.convert import hf  # noqa: E402
 from jaxlm.generate import generate  # noqa: E402
 from jaxlm.models import mixtral  # noqa: E402
 from jaxlm.models.hfmap import UnsupportedModelError  # noqa: E402
+from tests.convert._hf_checks import torch_logits as _torch_logits  # noqa: E402
 
 pytestmark = pytest.mark.hf
 TOL = 1e-4
@@ -44,10 +45,6 @@ def _model(**kw):
 def _tokens(shape=(2, 11), seed=1):
     return np.random.default_rng(seed).integers(0, 300, shape).astype(np.int32)
 
-
-def _torch_logits(model, tokens):
-    with torch.no_grad():
-        return model(torch.tensor(tokens, dtype=torch.long)).logits.numpy()
 
 
 @pytest.fixture(scope="module")

@@ -18,19 +18,12 @@ from jaxlm import generate as G  # noqa: E402
 from jaxlm import pretrained  # noqa: E402
 from jaxlm.convert import hf  # noqa: E402
 from jaxlm.models import t5  # noqa: E402
+from tests.convert._hf_checks import randomize as _randomize  # noqa: E402
 
 pytestmark = pytest.mark.hf
 TOL = 1e-4
 V = 96
 
-
-def _randomize(model, seed=0, std=0.2):
-    """Perturb every parameter (norm scales and the bias tables too) so a wrong name map cannot pass."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * std)
-    return model.eval()
 
 
 def t5_model(v11: bool, n_dec: int | None = None):
