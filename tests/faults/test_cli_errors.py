@@ -15,20 +15,7 @@ from jaxlm import cli
 from jaxlm.commands import train as train_cmd
 from jaxlm.fileio import LOCK_FILE
 from jaxlm.train.hooks import Hook, Loop
-from tests.train.conftest import EXPERIMENT, REPO, write_corpus
-
-
-@pytest.fixture(autouse=True)
-def _no_debug(monkeypatch):
-    # set (to "off") through monkeypatch, so that the value `jaxlm --debug` sets is undone after the test
-    monkeypatch.setenv("JAXLM_DEBUG", "")
-
-
-@pytest.fixture
-def experiment(tmp_path: Path) -> Path:
-    exp = tmp_path / "tiny.py"
-    exp.write_text(EXPERIMENT.format(path=str(write_corpus(tmp_path / "corpus.txt"))))
-    return exp
+from tests.train.conftest import REPO
 
 
 def error_line(capsys, prog: str) -> str:

@@ -18,16 +18,9 @@ from jaxlm import cli
 from jaxlm.fileio import LOCK_FILE, RunDirLocked, RunLock
 from jaxlm.train import config as C
 from jaxlm.train import setup as setup_mod
-from tests.train.conftest import EXPERIMENT, REPO, write_corpus
+from tests.train.conftest import REPO
 
 HOLD = "import sys, time; from jaxlm.fileio import RunLock; RunLock(sys.argv[1]); print('locked', flush=True); time.sleep(600)"
-
-
-@pytest.fixture
-def experiment(tmp_path: Path) -> Path:
-    exp = tmp_path / "tiny.py"
-    exp.write_text(EXPERIMENT.format(path=str(write_corpus(tmp_path / "corpus.txt"))))
-    return exp
 
 
 def hold_in_subprocess(run_dir: Path) -> subprocess.Popen:

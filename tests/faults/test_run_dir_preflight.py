@@ -16,19 +16,7 @@ from jaxlm import cli
 from jaxlm.data import pipeline
 from jaxlm.train import preflight
 from tests.faults.test_cli_errors import can_make_read_only, error_line, train_args
-from tests.train.conftest import EXPERIMENT, REPO, write_corpus
-
-
-@pytest.fixture(autouse=True)
-def _no_debug(monkeypatch):
-    monkeypatch.setenv("JAXLM_DEBUG", "")
-
-
-@pytest.fixture
-def experiment(tmp_path: Path) -> Path:
-    exp = tmp_path / "tiny.py"
-    exp.write_text(EXPERIMENT.format(path=str(write_corpus(tmp_path / "corpus.txt"))))
-    return exp
+from tests.train.conftest import REPO
 
 
 @pytest.fixture
